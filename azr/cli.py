@@ -1,0 +1,61 @@
+"""Library-level `azr` commands (config, sandbox, model, validate, score).
+
+The console script is `flows.cli:app`, which adds the run-level commands on top of this app,
+so that `azr` never imports `stages` or `flows`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from azr.config import AZRConfig, ConfigError, dump_config, load_config
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Absolute Zero Reasoner self-play.")
+config_app = typer.Typer(no_args_is_help=True, help="Show and validate run configs.")
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config.")]
+SetOption = Annotated[
+    Optional[list[str]], typer.Option("--set", "-s", help="Override a key: key.path=value (repeatable).")
+]
+
+
+def resolve_config(config: Optional[Path], overrides: Optional[list[str]]) -> AZRConfig:
+    """Load the config for a command, or print what is wrong and exit 2."""
+    try:
+        return load_config(config, overrides or [])
+    except ConfigError as exc:
+        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@config_app.command("show")
+def config_show(
+    file: Annotated[Optional[Path], typer.Argument(help="YAML config; omitted = the defaults.")] = None,
+    set_: SetOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+) -> None:
+    """Print the resolved config (defaults filled in)."""
+    cfg = resolve_config(file, set_)
+    if as_json:
+        typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    else:
+        typer.echo(dump_config(cfg), nl=False)
+
+
+@config_app.command("validate")
+def config_validate(
+    file: Annotated[Path, typer.Argument(help="YAML config to check.")],
+    set_: SetOption = None,
+) -> None:
+    """Exit 0 when FILE is a valid config; else print each error (naming the key) and exit 2."""
+    resolve_config(file, set_)
+    console.print(f"{file}: ok")

@@ -1,0 +1,1 @@
+"""Prefect flows, deployments and the `azr` entry point: wiring only."""
