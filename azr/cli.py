@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from azr.config import AZRConfig, ConfigError, dump_config, load_config
+from azr.config import AZRConfig, ConfigError, commented_yaml, dump_config, load_config
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Absolute Zero Reasoner self-play.")
 config_app = typer.Typer(no_args_is_help=True, help="Show and validate run configs.")
@@ -42,11 +42,14 @@ def config_show(
     file: Annotated[Optional[Path], typer.Argument(help="YAML config; omitted = the defaults.")] = None,
     set_: SetOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of YAML.")] = False,
+    comments: Annotated[bool, typer.Option("--comments", help="YAML with each key's description.")] = False,
 ) -> None:
     """Print the resolved config (defaults filled in)."""
     cfg = resolve_config(file, set_)
     if as_json:
         typer.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    elif comments:
+        typer.echo(commented_yaml(cfg), nl=False)
     else:
         typer.echo(dump_config(cfg), nl=False)
 

@@ -125,6 +125,7 @@ class TrainingConfig(Section):
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
     micro_batch_size: int = Field(4, gt=0, description="Samples per forward/backward; bounds training memory.")
     keep_checkpoints: int = Field(2, ge=0, description="Older checkpoints kept besides the newest one.")
+    warmup_steps: int = Field(0, ge=0, description="Iterations of linear learning-rate warmup (from 0); then constant.")
 
 
 class TrackingConfig(Section):
@@ -262,9 +263,20 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
 def build_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> AZRConfig:
     """Validate a mapping (plus overrides) into an AZRConfig, or raise ConfigError naming each bad key."""
-    data = apply_overrides(data, list(overrides))
+    # Overrides land on the defaults-filled mapping so `--set a.b=1` can tell a section from a value.
+    data = apply_overrides(_deep_merge(AZRConfig().model_dump(mode="json"), data), list(overrides))
     try:
         return AZRConfig.model_validate(data)
     except ValidationError as err:
@@ -280,3 +292,24 @@ def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str]
 def dump_config(config: AZRConfig) -> str:
     """Resolved config as YAML (what a run directory stores and `azr config show` prints)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def commented_yaml(config: AZRConfig) -> str:
+    """YAML of every key with its description as a comment (how configs/default.yaml is made)."""
+    lines: list[str] = []
+
+    def emit(model: BaseModel, indent: str) -> None:
+        for name, field in type(model).model_fields.items():
+            value = getattr(model, name)
+            comment = f"  # {field.description}" if field.description else ""
+            if isinstance(value, BaseModel):
+                lines.append(f"{indent}{name}:{comment}")
+                emit(value, indent + "  ")
+            else:
+                dumped = json.dumps(value)
+                if isinstance(value, float) and "e" in dumped and "." not in dumped:
+                    dumped = dumped.replace("e", ".0e")  # YAML 1.1 reads 1e-06 as a string
+                lines.append(f"{indent}{name}: {dumped}{comment}")
+
+    emit(config, "")
+    return "\n".join(lines) + "\n"

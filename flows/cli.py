@@ -5,3 +5,6 @@ from __future__ import annotations
 from azr.cli import app
 
 __all__ = ["app"]
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,224 @@
+"""The run directory and its Parquet artifacts (DESIGN.md sections 2-3).
+
+One writer: `write_table` writes to a temporary name, fsyncs, renames, then writes the manifest
+(`<name>.manifest.json`). The manifest is written last, so a file without a matching manifest is
+never taken as complete. `stage_complete` answers whether a stage's outputs are current for the
+inputs and config it is about to run with; that is what makes resume work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+SCHEMA_VERSION = 1
+
+
+class ArtifactError(RuntimeError):
+    """A stage input or output that is missing, unreadable or does not match its manifest."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """Owns the layout of ``runs/<run-name>/``; every path in a run comes from here."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yaml"
+
+    def buffer_path(self, iteration: int) -> Path:
+        """Buffer after `iteration` (0 = the seed tasks)."""
+        return self.root / "buffer" / f"iter-{iteration:04d}.parquet"
+
+    def iteration_dir(self, iteration: int) -> Path:
+        return self.root / f"iter-{iteration:04d}"
+
+    def stage_file(self, iteration: int, name: str) -> Path:
+        """An artifact of one iteration, e.g. stage_file(3, "tasks.parquet")."""
+        return self.iteration_dir(iteration) / name
+
+    def checkpoint_dir(self, iteration: int) -> Path:
+        return self.iteration_dir(iteration) / "checkpoint"
+
+    def eval_path(self, iteration: int) -> Path:
+        return self.root / "eval" / f"iter-{iteration:04d}.parquet"
+
+    def iterations(self) -> list[int]:
+        """Iteration numbers that have a directory, ascending."""
+        found = (p.name.removeprefix("iter-") for p in self.root.glob("iter-*") if p.is_dir())
+        return sorted(int(n) for n in found if n.isdigit())
+
+
+def manifest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".manifest.json")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)``, fsync the result, rename it over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _input_hashes(inputs: Iterable[Path]) -> dict[str, str]:
+    """Each input's recorded sha256 (from its manifest when it has one, else hashed now)."""
+    hashes = {}
+    for p in inputs:
+        p = Path(p)
+        m = manifest_path(p)
+        hashes[p.name] = json.loads(m.read_text())["sha256"] if m.exists() else file_sha256(p)
+    return hashes
+
+
+def write_manifest(
+    path: Path,
+    *,
+    rows: int | None,
+    schema_version: int = SCHEMA_VERSION,
+    inputs: Iterable[Path] = (),
+    config_hash: str = "",
+    seconds: float = 0.0,
+) -> dict[str, Any]:
+    """Record that `path` is complete (call only after `path` is fully written)."""
+    manifest = {
+        "file": path.name,
+        "rows": rows,
+        "sha256": file_sha256(path),
+        "schema_version": schema_version,
+        "inputs": _input_hashes(inputs),
+        "config_hash": config_hash,
+        "seconds": round(seconds, 3),
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    text = json.dumps(manifest, indent=2)
+    _atomic_write_bytes(manifest_path(path), lambda tmp: Path(tmp).write_text(text))
+    return manifest
+
+
+def write_table(
+    data: pd.DataFrame | pa.Table,
+    path: str | os.PathLike[str],
+    *,
+    schema_version: int = SCHEMA_VERSION,
+    inputs: Iterable[Path] = (),
+    config_hash: str = "",
+    seconds: float = 0.0,
+) -> Path:
+    """The one Parquet writer: atomic (temp name, fsync, rename), then the manifest."""
+    path = Path(path)
+    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    manifest_path(path).unlink(missing_ok=True)  # the old manifest must not vouch for the new file
+    _atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
+    write_manifest(
+        path, rows=table.num_rows, schema_version=schema_version, inputs=inputs,
+        config_hash=config_hash, seconds=seconds,
+    )
+    return path
+
+
+def write_json(data: dict[str, Any], path: str | os.PathLike[str], **manifest: Any) -> Path:
+    """Write a small JSON artifact (e.g. train.json) atomically, with a manifest."""
+    path = Path(path)
+    manifest_path(path).unlink(missing_ok=True)
+    text = json.dumps(data, indent=2, sort_keys=True)
+    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    write_manifest(path, rows=None, **manifest)
+    return path
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    m = manifest_path(path)
+    if not m.exists():
+        raise ArtifactError(f"{path}: no manifest ({m.name}); the file is missing or was not finished")
+    try:
+        return json.loads(m.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{m}: corrupt manifest: {exc}") from exc
+
+
+def read_table(path: str | os.PathLike[str], *, verify: bool = True) -> pd.DataFrame:
+    """Read a stage's Parquet output; a missing, unfinished or corrupt file is an ArtifactError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: file not found")
+    if verify:
+        manifest = read_manifest(path)
+        if file_sha256(path) != manifest["sha256"]:
+            raise ArtifactError(f"{path}: contents do not match its manifest (corrupt or changed after writing)")
+    try:
+        return pq.read_table(path).to_pandas()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ArtifactError(f"{path}: not a readable Parquet file: {exc}") from exc
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path}: corrupt JSON: {exc}") from exc
+
+
+def stage_complete(outputs: Iterable[Path], inputs: Iterable[Path], config_hash: str) -> bool:
+    """True when every output exists, matches its manifest, and was made from these inputs and config."""
+    inputs = [Path(p) for p in inputs]
+    try:
+        current = _input_hashes(inputs)
+    except FileNotFoundError:
+        return False
+    for out in map(Path, outputs):
+        if not out.exists() or not manifest_path(out).exists():
+            return False
+        try:
+            manifest = read_manifest(out)
+        except ArtifactError:
+            return False
+        if manifest.get("inputs") != current or manifest.get("config_hash") != config_hash:
+            return False
+        if manifest.get("sha256") != file_sha256(out):
+            return False
+    return True
