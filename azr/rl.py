@@ -1,0 +1,225 @@
+"""The policy update: Task-Relative REINFORCE++ with a PPO-style clipped ratio (design.md section 7).
+
+One call to `train_step` is one optimizer step over every sample of an iteration (proposer
+generations and solver rollouts alike). The advantages arrive already normalised per
+(task type, role) by the score stage; here they only weight the token log-probabilities.
+
+Per response token t of a sample with advantage A:
+
+    ratio   = exp(logp_t - logp_recorded_t)
+    pg      = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))
+    loss_t  = pg - entropy_coef * entropy_t + kl_coef * kl_t      (kl_t: k3 estimate to the initial model)
+
+and the loss is the mean of loss_t over every response token of the batch. The batch goes through
+the model in micro-batches of `training.micro_batch_size` samples whose gradients accumulate, so
+memory is bounded by the micro-batch, not by the batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import resource
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from transformers import get_constant_schedule_with_warmup
+
+from azr.config import TrainingConfig
+
+SAMPLE_COLUMNS = ("prompt_ids", "response_ids", "logprobs", "advantage")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One trainable generation: the prompt, what the model answered, and how good that was."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+    logprobs: list[float]  # recorded at generation, one per response token
+    advantage: float
+
+
+def samples_from_frame(df: pd.DataFrame, source: str = "rewards") -> list[Sample]:
+    """Turn rows of rewards.parquet into Samples, with an error naming the bad column or row."""
+    missing = [c for c in SAMPLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise ValueError(f"{source}: missing column(s) {', '.join(missing)}")
+    samples = []
+    for i, row in enumerate(df[list(SAMPLE_COLUMNS)].itertuples(index=False)):
+        sample = Sample([int(t) for t in row.prompt_ids], [int(t) for t in row.response_ids],
+                        [float(x) for x in row.logprobs], float(row.advantage))
+        if len(sample.logprobs) != len(sample.response_ids):
+            raise ValueError(f"{source}: row {i} has {len(sample.response_ids)} response_ids "
+                             f"but {len(sample.logprobs)} logprobs")
+        if not sample.prompt_ids:
+            raise ValueError(f"{source}: row {i} has empty prompt_ids")
+        if not math.isfinite(sample.advantage):
+            raise ValueError(f"{source}: row {i} has a non-finite advantage ({sample.advantage})")
+        samples.append(sample)
+    return samples
+
+
+def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig):
+    """AdamW over the trainable parameters (all of them, or the LoRA adapters) and its LR schedule."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_constant_schedule_with_warmup(optimizer, num_warmup_steps=cfg.warmup_steps)
+    return optimizer, scheduler
+
+
+def collate(samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+    """Left-pad prompt+response so every response ends at the last position.
+
+    Response-level tensors (targets, recorded logprobs, mask) are the last R positions, R being the
+    longest response in the micro-batch; that lets the model compute logits only for those positions.
+    """
+    seq_len = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
+    resp_len = max(len(s.response_ids) for s in samples)
+    n = len(samples)
+    input_ids = torch.zeros(n, seq_len, dtype=torch.long)
+    attention_mask = torch.zeros(n, seq_len, dtype=torch.long)
+    old_logprobs = torch.zeros(n, resp_len)
+    response_mask = torch.zeros(n, resp_len, dtype=torch.bool)
+    for i, s in enumerate(samples):
+        tokens = s.prompt_ids + s.response_ids
+        input_ids[i, seq_len - len(tokens):] = torch.tensor(tokens)
+        attention_mask[i, seq_len - len(tokens):] = 1
+        if s.response_ids:
+            old_logprobs[i, resp_len - len(s.response_ids):] = torch.tensor(s.logprobs)
+            response_mask[i, resp_len - len(s.response_ids):] = True
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),  # what generate() uses for left padding
+        "old_logprobs": old_logprobs,
+        "response_mask": response_mask,
+        "advantages": torch.tensor([s.advantage for s in samples]),
+    }
+
+
+def response_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each response token and the entropy of the distribution it came from, (B, R)."""
+    resp_len = batch["response_mask"].shape[1]
+    logits = model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        position_ids=batch["position_ids"],
+        logits_to_keep=resp_len + 1,
+    ).logits[:, :-1].float()  # the logit at position p predicts the token at p + 1
+    log_probs = F.log_softmax(logits, dim=-1)
+    targets = batch["input_ids"][:, -resp_len:]
+    token_logprobs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return token_logprobs, entropy
+
+
+def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                clip_ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token clipped policy-gradient loss, and where the clipped term won (no gradient), both (B, R)."""
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages.unsqueeze(-1)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - clip_ratio, 1.0 + clip_ratio)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def kl_to_reference(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token k3 estimate of KL(policy || reference): non-negative, unbiased, low variance."""
+    log_ratio = ref_logprobs - logprobs
+    return torch.exp(log_ratio) - log_ratio - 1.0
+
+
+def reference_logprobs(model: torch.nn.Module, reference: torch.nn.Module | None,
+                       batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Response log-probs under the initial model: `reference`, or `model` with its LoRA adapters off."""
+    with torch.no_grad():
+        if reference is not None:
+            return response_logprobs(reference, batch)[0]
+        if not hasattr(model, "disable_adapter"):
+            raise ValueError("kl_coef > 0 with full fine-tuning needs a reference model")
+        with model.disable_adapter():
+            return response_logprobs(model, batch)[0]
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
+               samples: Sequence[Sample], cfg: TrainingConfig,
+               reference: torch.nn.Module | None = None) -> dict[str, float]:
+    """One policy update over all `samples`; returns the metrics train.json reports.
+
+    `reference` is the initial model for the KL term when `cfg.kl_coef > 0` (not needed for LoRA,
+    whose initial model is the same model with adapters disabled).
+    """
+    total_tokens = sum(len(s.response_ids) for s in samples)
+    if total_tokens == 0:
+        raise ValueError("no response tokens to train on (every sample has an empty response)")
+    use_kl = cfg.kl_coef > 0
+    # Similar lengths share a micro-batch, so less compute goes to padding; the sum is the same.
+    ordered = sorted(samples, key=lambda s: len(s.prompt_ids) + len(s.response_ids), reverse=True)
+    sums = {"loss": 0.0, "pg_loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_fraction": 0.0}
+
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    for start in range(0, len(ordered), cfg.micro_batch_size):
+        batch = collate(ordered[start:start + cfg.micro_batch_size])
+        mask = batch["response_mask"]
+        logprobs, entropy = response_logprobs(model, batch)
+        pg, clipped = policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], cfg.clip_ratio)
+        token_loss = pg - cfg.entropy_coef * entropy
+        if use_kl:
+            kl = kl_to_reference(logprobs, reference_logprobs(model, reference, batch))
+            token_loss = token_loss + cfg.kl_coef * kl
+            sums["kl"] += kl[mask].sum().item()
+        # Dividing by the batch's token count (not the micro-batch's) makes the accumulated
+        # gradient that of the per-token mean over the whole batch.
+        loss = token_loss[mask].sum() / total_tokens
+        loss.backward()
+        sums["loss"] += loss.item() * total_tokens
+        sums["pg_loss"] += pg[mask].sum().item()
+        sums["entropy"] += entropy[mask].sum().item()
+        sums["clip_fraction"] += clipped[mask].sum().item()
+
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+    metrics = {key: value / total_tokens for key, value in sums.items()}
+    if not use_kl:
+        del metrics["kl"]
+    metrics.update(grad_norm=float(grad_norm), tokens=total_tokens, learning_rate=scheduler.get_last_lr()[0])
+    return metrics
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute activations in the backward pass instead of keeping them (memory for compute)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(model, "config"):
+        model.config.use_cache = False
+
+
+
+def reset_peak_memory() -> None:
+    """Start a new peak-memory window (CUDA allocator peak, or the process's peak RSS on Linux)."""
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # "5" resets VmHWM, the peak resident set
+
+
+def peak_memory_mb() -> float:
+    """Peak memory since `reset_peak_memory`: GPU memory allocated on CUDA, else the peak RSS of the
+    process (weights, optimizer state and activations; the process's lifetime peak off Linux)."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    with contextlib.suppress(OSError, AttributeError):
+        return int(re.search(r"VmHWM:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
