@@ -178,9 +178,7 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ArtifactError(f"{m}: corrupt manifest: {exc}") from exc
 
 
-def read_table(path: str | os.PathLike[str], *, verify: bool = True) -> pd.DataFrame:
-    """Read a stage's Parquet output; a missing, unfinished or corrupt file is an ArtifactError naming it."""
-    path = Path(path)
+def _read_arrow(path: Path, verify: bool) -> pa.Table:
     if not path.exists():
         raise ArtifactError(f"{path}: file not found")
     if verify:
@@ -188,9 +186,19 @@ def read_table(path: str | os.PathLike[str], *, verify: bool = True) -> pd.DataF
         if file_sha256(path) != manifest["sha256"]:
             raise ArtifactError(f"{path}: contents do not match its manifest (corrupt or changed after writing)")
     try:
-        return pq.read_table(path).to_pandas()
+        return pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ArtifactError(f"{path}: not a readable Parquet file: {exc}") from exc
+
+
+def read_table(path: str | os.PathLike[str], *, verify: bool = True) -> pd.DataFrame:
+    """Read a stage's Parquet output; a missing, unfinished or corrupt file is an ArtifactError naming it."""
+    return _read_arrow(Path(path), verify).to_pandas()
+
+
+def read_rows(path: str | os.PathLike[str], *, verify: bool = True) -> list[dict[str, Any]]:
+    """The same file as plain Python rows (list columns stay lists, nulls are None)."""
+    return _read_arrow(Path(path), verify).to_pylist()
 
 
 def read_json(path: str | os.PathLike[str]) -> dict[str, Any]:

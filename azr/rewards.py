@@ -1,0 +1,132 @@
+"""Reward functions (DESIGN.md section 6): the place to edit how proposer and solver are scored.
+
+Every function here is pure: values in, numbers out. The score stage calls them and writes each
+component to its own column of ``rewards.parquet``, so a change here shows up column by column.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+from collections import Counter
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from radon.complexity import cc_visit
+from radon.metrics import h_visit
+
+from azr.config import RewardsConfig
+
+# Scales that map raw code metrics into [0, 1]; a program at or past them counts as fully complex.
+CYCLOMATIC_SCALE = 10.0
+HALSTEAD_VOLUME_SCALE = 500.0
+
+
+def learnability(solve_rate: float, at_extremes: float = 0.0) -> float:
+    """Proposer reward for a valid task: ``1 - r`` when ``0 < r < 1``; ``at_extremes`` when r is 0 or 1.
+
+    A task every rollout solves, or none does, teaches the solver nothing.
+    """
+    if 0.0 < solve_rate < 1.0:
+        return 1.0 - solve_rate
+    return at_extremes
+
+
+def solver_reward(correct: bool, parsed: bool, forced: bool, config: RewardsConfig) -> tuple[float, float]:
+    """(correctness, format) for one solver rollout; the reward is their sum.
+
+    Correct = 1. Otherwise 0 under force acceptance; outside it, a well-formed wrong answer gets
+    ``wrong_format_penalty`` and a malformed one ``malformed_penalty``.
+    """
+    if correct:
+        return 1.0, 0.0
+    if forced:
+        return 0.0, 0.0
+    return 0.0, config.wrong_format_penalty if parsed else config.malformed_penalty
+
+
+def proposer_reward(
+    valid: bool, solve_rate: float, diversity: float, complexity: float, config: RewardsConfig
+) -> float:
+    """Total proposer reward: weighted learnability + diversity + complexity, or the invalid penalty."""
+    if not valid:
+        return config.invalid_penalty
+    return (
+        config.learnability_weight * learnability(solve_rate, config.learnability_at_extremes)
+        + config.diversity_weight * diversity
+        + config.complexity_weight * complexity
+    )
+
+
+def complexity(program: str) -> float:
+    """Code complexity in [0, 1]: the mean of scaled cyclomatic complexity and Halstead volume (radon)."""
+    try:
+        blocks = cc_visit(program)
+        volume = h_visit(program).total.volume or 0.0
+    except (SyntaxError, ValueError):
+        return 0.0
+    cyclomatic = max((b.complexity for b in blocks), default=1)
+    cc_part = min(1.0, (cyclomatic - 1) / CYCLOMATIC_SCALE)
+    volume_part = min(1.0, volume / HALSTEAD_VOLUME_SCALE)
+    return 0.5 * cc_part + 0.5 * volume_part
+
+
+def ast_shape(program: str) -> list[str]:
+    """The program as a sequence of AST node types: names and constants don't matter, structure does."""
+    try:
+        tree = ast.parse(program)
+    except SyntaxError:
+        return []
+    return [type(node).__name__ for node in ast.walk(tree)]
+
+
+def ast_similarity(a: Sequence[str], b: Sequence[str]) -> float:
+    """Similarity of two AST shapes in [0, 1] (difflib's ratio over node-type sequences)."""
+    if not a and not b:
+        return 1.0
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def max_similarity(program: str, others: Iterable[str]) -> float:
+    """Highest AST similarity of ``program`` to any of ``others`` (0 when there are none)."""
+    shape = ast_shape(program)
+    return max((ast_similarity(shape, ast_shape(o)) for o in others), default=0.0)
+
+
+def value_type(output_repr: str | None) -> str:
+    """Type name of a value from its repr, read by parsing (never evaluating) the text."""
+    if not output_repr:
+        return "none"
+    try:
+        node = ast.parse(output_repr, mode="eval").body
+    except SyntaxError:
+        return "unknown"
+    if isinstance(node, ast.Constant):
+        return type(node.value).__name__
+    if isinstance(node, ast.UnaryOp) and isinstance(node.operand, ast.Constant):
+        return type(node.operand.value).__name__
+    return type(node).__name__.lower()
+
+
+def diversity(program: str, output_repr: str | None, references: Sequence[str], buffer_output_types: Counter) -> float:
+    """Diversity in [0, 1]: mean of AST distance from the closest reference and answer-type surprise.
+
+    Surprise is ``1 - p(type)`` where p is the share of buffer outputs with this answer's type.
+    """
+    distance = 1.0 - max_similarity(program, references)
+    total = sum(buffer_output_types.values())
+    surprise = 1.0 - (buffer_output_types[value_type(output_repr)] / total if total else 0.0)
+    return 0.5 * distance + 0.5 * surprise
+
+
+def trr_advantages(rewards: pd.DataFrame, eps: float = 1e-6) -> pd.Series:
+    """Task-Relative REINFORCE++: normalise ``reward`` within each (task_type, role) group.
+
+    ``A = (r - mean_g) / (std_g + eps)`` with the population std, so each group has mean 0 and
+    (for groups whose rewards differ) unit spread.
+    """
+    grouped = rewards.groupby(["task_type", "role"])["reward"]
+    mean = grouped.transform("mean")
+    std = grouped.transform(lambda r: float(np.std(r.to_numpy(), ddof=0)))
+    return (rewards["reward"] - mean) / (std + eps)
