@@ -1,0 +1,145 @@
+"""Checkpoints of the policy: save, find, load, prune, and export (design.md sections 3 and 7).
+
+Layout of `runs/<run>/iter-NNNN/checkpoint/`:
+
+    config.json, model.safetensors, tokenizer files   full fine-tuning: HF save_pretrained
+    adapter_config.json, adapter_model.safetensors    LoRA: the peft adapter (the base is config.model)
+    optimizer.pt  scheduler.pt  rng.pt                 what resuming needs to continue identically
+    checkpoint.json (+ manifest)                       written last: what is in here, and file hashes
+
+A checkpoint directory is written under a temporary name and renamed, so it is either whole or absent.
+Pruning deletes the weights and states of old checkpoints but keeps their `checkpoint.json`, so the
+train stage that wrote them still counts as complete.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+
+from azr.artifacts import ArtifactError, RunDir, file_sha256, read_json, write_json
+from azr.config import ModelConfig
+from azr.model import load_model
+
+META_FILE = "checkpoint.json"
+STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng.pt")
+
+
+def meta_path(checkpoint: Path) -> Path:
+    """The file that marks a checkpoint complete; train.json's manifest lists it as an input."""
+    return Path(checkpoint) / META_FILE
+
+
+def rng_state() -> dict[str, Any]:
+    """The torch RNG state (CPU and every CUDA device): the only RNG the update draws from."""
+    state: dict[str, Any] = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: Path, model, tokenizer, optimizer, scheduler, rng: dict[str, Any], *,
+                    iteration: int, model_config: ModelConfig, inputs: list[Path] = (),
+                    config_hash: str = "") -> Path:
+    """Write model (or LoRA adapter), tokenizer, optimizer, scheduler and RNG state atomically."""
+    directory = Path(directory)
+    tmp = directory.with_name(f".{directory.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng, tmp / "rng.pt")
+    files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+    meta = {"iteration": iteration, "lora": isinstance(model, PeftModel),
+            "base_model": model_config.name_or_path, "files": files}
+    write_json(meta, meta_path(tmp), inputs=inputs, config_hash=config_hash)
+    shutil.rmtree(directory, ignore_errors=True)
+    tmp.rename(directory)
+    return directory
+
+
+def read_meta(checkpoint: Path) -> dict[str, Any]:
+    """checkpoint.json of a checkpoint, with a clear error when it is missing or pruned."""
+    meta = read_json(meta_path(checkpoint))
+    missing = [name for name in meta["files"] if not (Path(checkpoint) / name).exists()]
+    if missing:
+        raise ArtifactError(f"{checkpoint}: checkpoint was pruned or is incomplete (missing {', '.join(missing)})")
+    return meta
+
+
+def latest_checkpoint(run_dir: RunDir, before_iteration: int) -> Path | None:
+    """Newest checkpoint of an iteration < `before_iteration` (the weights that iteration generates
+    and trains with), or None when the run has none yet and the base model applies."""
+    for iteration in reversed(run_dir.iterations()):
+        if iteration < before_iteration and meta_path(run_dir.checkpoint_dir(iteration)).exists():
+            return run_dir.checkpoint_dir(iteration)
+    return None
+
+
+def load_policy(model_config: ModelConfig, checkpoint: Path | None = None, *, trainable: bool = False):
+    """(model, tokenizer) for generation or training: the base model, or a checkpoint of either kind.
+
+    With `trainable`, a LoRA checkpoint comes back as a PeftModel whose adapters train (and fresh
+    adapters are added when `model_config.lora.enabled` and there is no checkpoint yet); without it,
+    the adapters are merged into the weights, so generation pays nothing for them.
+    """
+    meta = read_meta(checkpoint) if checkpoint is not None else None
+    if meta is not None and meta["base_model"] != model_config.name_or_path:
+        raise ValueError(f"{checkpoint}: trained from {meta['base_model']!r} but model.name_or_path "
+                         f"is {model_config.name_or_path!r}")
+    if meta is not None and not meta["lora"]:
+        return load_model(model_config, checkpoint)
+    model, tokenizer = load_model(model_config)
+    if meta is not None:
+        model = PeftModel.from_pretrained(model, checkpoint, is_trainable=trainable)
+        return (model if trainable else model.merge_and_unload()), tokenizer
+    if trainable and model_config.lora.enabled:
+        lora = model_config.lora
+        peft_config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                                     target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        return get_peft_model(model, peft_config), tokenizer
+    return model, tokenizer
+
+
+def load_training_state(checkpoint: Path, optimizer, scheduler) -> dict[str, Any]:
+    """Restore optimizer and scheduler from a checkpoint; return its RNG state."""
+    checkpoint = Path(checkpoint)
+    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True))
+    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+    return torch.load(checkpoint / "rng.pt", weights_only=True)
+
+
+def prune_checkpoints(run_dir: RunDir, keep: int, newest: int) -> list[Path]:
+    """Delete the weights and states of checkpoints older than the `keep` most recent ones before
+    iteration `newest`. The newest, and anything after it, is never touched. Returns what was pruned."""
+    older = [i for i in run_dir.iterations() if i < newest and meta_path(run_dir.checkpoint_dir(i)).exists()]
+    pruned = []
+    for iteration in older[:max(len(older) - keep, 0)]:
+        directory = run_dir.checkpoint_dir(iteration)
+        doomed = [p for p in directory.iterdir() if not p.name.startswith(META_FILE)]
+        for path in doomed:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if doomed:
+            pruned.append(directory)
+    return pruned
+
+
+def export_model(checkpoint: Path, model_config: ModelConfig, out: Path) -> Path:
+    """Write a plain HF model directory (LoRA merged into the base weights) loadable without azr or peft."""
+    model, tokenizer = load_policy(model_config, checkpoint)
+    out = Path(out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
