@@ -70,6 +70,10 @@ class SamplingConfig(Section):
     max_new_tokens: int = Field(512, gt=0, description="Longest generation, in tokens.")
     batch_size: int = Field(16, gt=0, description="Prompts per generate() call; bounds generation memory.")
     max_prompt_tokens: int = Field(2048, gt=0, description="Prompts longer than this are truncated on the left.")
+    stop_strings: list[str] = Field(
+        default_factory=lambda: ["</answer>"],
+        description="A generation ends once its text contains one of these (kept in the text), or at EOS.",
+    )
 
 
 class RewardsConfig(Section):
