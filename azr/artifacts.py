@@ -136,10 +136,24 @@ def write_manifest(
     return manifest
 
 
+def to_arrow(data: pd.DataFrame | pa.Table, schema: pa.Schema | None = None) -> pa.Table:
+    """Arrow table of ``data``; with a schema, exactly its columns in its order and types."""
+    if schema is None:
+        return data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    columns = set(data.column_names if isinstance(data, pa.Table) else data.columns)
+    missing, extra = set(schema.names) - columns, columns - set(schema.names)
+    if missing or extra:
+        raise ValueError(f"columns do not match the schema: missing {sorted(missing)}, unexpected {sorted(extra)}")
+    if isinstance(data, pa.Table):
+        return data.select(schema.names).cast(schema)
+    return pa.Table.from_pandas(data, schema=schema, preserve_index=False)
+
+
 def write_table(
     data: pd.DataFrame | pa.Table,
     path: str | os.PathLike[str],
     *,
+    schema: pa.Schema | None = None,
     schema_version: int = SCHEMA_VERSION,
     inputs: Iterable[Path] = (),
     config_hash: str = "",
@@ -147,7 +161,7 @@ def write_table(
 ) -> Path:
     """The one Parquet writer: atomic (temp name, fsync, rename), then the manifest."""
     path = Path(path)
-    table = data if isinstance(data, pa.Table) else pa.Table.from_pandas(data, preserve_index=False)
+    table = to_arrow(data, schema)
     manifest_path(path).unlink(missing_ok=True)  # the old manifest must not vouch for the new file
     _atomic_write_bytes(path, lambda tmp: pq.write_table(table, tmp))
     write_manifest(

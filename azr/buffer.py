@@ -14,9 +14,9 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
-BUFFER_COLUMNS = [
-    "task_id", "task_type", "program", "input", "output", "inputs", "outputs", "message", "origin_iteration",
-]
+from azr.schemas import BUFFER
+
+BUFFER_COLUMNS = BUFFER.names
 
 
 def seed_programs() -> list[dict]:

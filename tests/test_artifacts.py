@@ -129,3 +129,15 @@ def test_writer_killed_mid_write_leaves_nothing_that_reads_as_complete(tmp_path)
     # no leftover file may be mistaken for a finished one; leftover temp files are hidden dot-files
     assert all(p.name.startswith(".") for p in tmp_path.iterdir() if p.name not in {"tasks.parquet", "tasks.parquet.manifest.json"})
     assert "incomplete" in outcomes, "no kill landed mid-write; the test exercised nothing"
+
+
+def test_schema_keeps_types_of_all_null_columns_and_refuses_wrong_columns(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([("task_id", pa.string()), ("inputs", pa.list_(pa.string()))])
+    path = write_table(pd.DataFrame({"task_id": ["a"], "inputs": [None]}), tmp_path / "t.parquet", schema=schema)
+    assert pq.read_schema(path).field("inputs").type == pa.list_(pa.string())
+    with pytest.raises(ValueError, match=r"missing \['inputs'\], unexpected \['extra'\]"):
+        write_table(pd.DataFrame({"task_id": ["a"], "extra": [1]}), tmp_path / "u.parquet", schema=schema)
+    assert not (tmp_path / "u.parquet").exists()

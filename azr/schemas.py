@@ -1,0 +1,49 @@
+"""Column names and types of every Parquet file in a run directory (DESIGN.md section 11).
+
+People open these files in pandas and DuckDB, so the columns are part of the user interface:
+each file has a fixed Arrow schema (a column that is all null in one iteration keeps its type),
+and a change here bumps ``azr.artifacts.SCHEMA_VERSION``.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+STR = pa.string()
+INT = pa.int64()
+FLOAT = pa.float64()
+BOOL = pa.bool_()
+STRS = pa.list_(pa.string())
+INTS = pa.list_(pa.int64())
+FLOATS = pa.list_(pa.float64())
+
+KEYS = [("run", STR), ("iteration", INT), ("task_id", STR), ("task_type", STR)]
+GENERATION = [("prompt", STR), ("prompt_ids", INTS), ("response", STR), ("response_ids", INTS),
+              ("logprobs", FLOATS), ("finish_reason", STR)]
+
+PROPOSALS = pa.schema(KEYS + GENERATION + [
+    ("parsed", BOOL), ("parse_reason", STR), ("program", STR), ("input", STR), ("inputs", STRS),
+    ("message", STR), ("reference_ids", STRS), ("generate_seconds", FLOAT),
+])
+
+TASKS = pa.schema(KEYS + [
+    ("source", STR), ("accepted", BOOL), ("forced", BOOL), ("reason", STR), ("program", STR), ("input", STR),
+    ("output", STR), ("inputs", STRS), ("outputs", STRS), ("message", STR), ("shown", INTS),
+    ("complexity", FLOAT), ("validate_seconds", FLOAT),
+])
+
+SOLUTIONS = pa.schema(KEYS + [("sample", INT)] + GENERATION + [
+    ("parsed", BOOL), ("parse_reason", STR), ("answer", STR), ("correct", BOOL), ("check_status", STR),
+    ("solve_seconds", FLOAT),
+])
+
+REWARDS = pa.schema(KEYS + [
+    ("role", STR), ("sample", INT), ("prompt_ids", INTS), ("response_ids", INTS), ("logprobs", FLOATS),
+    ("valid", BOOL), ("solve_rate", FLOAT), ("learnability", FLOAT), ("diversity", FLOAT), ("complexity", FLOAT),
+    ("format", FLOAT), ("correctness", FLOAT), ("reward", FLOAT), ("advantage", FLOAT),
+])
+
+BUFFER = pa.schema([
+    ("task_id", STR), ("task_type", STR), ("program", STR), ("input", STR), ("output", STR), ("inputs", STRS),
+    ("outputs", STRS), ("message", STR), ("origin_iteration", INT),
+])

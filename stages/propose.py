@@ -1,0 +1,50 @@
+"""Propose: sample task types, build proposer prompts from buffer references, generate, parse."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from azr import schemas
+from azr.artifacts import RunDir, read_table, stage_complete, write_table
+from azr.config import AZRConfig
+from azr.data_construction import proposer_request
+from azr.parsing import parse_proposal
+from azr.seeding import stage_rng, stage_seed
+from stages.common import generate_batch, generation_columns, policy_inputs
+
+
+def propose(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
+    """Write ``iter-N/proposals.parquet``: one row per proposer generation, parsed or with a reason."""
+    out = run_dir.stage_file(iteration, "proposals.parquet")
+    buffer_path = run_dir.buffer_path(iteration - 1)
+    inputs = [buffer_path, *policy_inputs(run_dir, iteration)]
+    if stage_complete([out], inputs, config.config_hash()):
+        return out
+    started = time.perf_counter()
+    buffer = read_table(buffer_path)
+    rng = stage_rng(config.seed, iteration, "propose")
+    types = rng.choice(config.task_types, size=config.tasks_per_iteration, p=config.task_distribution)
+    requests = [proposer_request(str(t), buffer, config, rng) for t in types]
+    rendered, generations = generate_batch(
+        config, run_dir, iteration, [r[0] for r in requests], stage_seed(config.seed, iteration, "propose")
+    )
+    strict = not config.is_forced(iteration)
+    n_inputs = config.validation.induction_num_inputs
+    rows = []
+    for index, (task_type, (_, reference_ids, program), prompt, gen) in enumerate(zip(types, requests, rendered, generations)):
+        parsed = parse_proposal(str(task_type), gen.text, strict=strict, n_inputs=n_inputs)
+        rows.append({
+            "run": run_dir.name, "iteration": iteration, "task_id": f"i{iteration:04d}-p{index:03d}",
+            "task_type": str(task_type), **generation_columns(prompt, gen),
+            "parsed": parsed.ok, "parse_reason": parsed.reason,
+            "program": program if task_type == "induction" else parsed.program,
+            "input": parsed.input, "inputs": parsed.inputs, "message": parsed.message,
+            "reference_ids": reference_ids,
+        })
+    seconds = time.perf_counter() - started
+    frame = pd.DataFrame(rows)
+    frame["generate_seconds"] = seconds / max(len(rows), 1)
+    return write_table(frame, out, inputs=inputs, schema=schemas.PROPOSALS, config_hash=config.config_hash(), seconds=seconds)

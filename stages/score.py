@@ -1,0 +1,71 @@
+"""Score: every reward component for proposers and solvers, the totals, and TRR++ advantages."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+
+from azr import schemas
+from azr.artifacts import RunDir, read_rows, read_table, stage_complete, write_table
+from azr.config import AZRConfig
+from azr import rewards
+
+SAMPLE_COLUMNS = ["prompt_ids", "response_ids", "logprobs"]
+
+
+def _solver_rows(solutions: list[dict], forced: bool, config: AZRConfig) -> list[dict]:
+    rows = []
+    for s in solutions:
+        correctness, fmt = rewards.solver_reward(s["correct"], s["parsed"], forced, config.rewards)
+        rows.append({
+            "run": s["run"], "iteration": s["iteration"], "task_id": s["task_id"], "task_type": s["task_type"],
+            "role": "solve", "sample": s["sample"], **{c: s[c] for c in SAMPLE_COLUMNS},
+            "valid": True, "solve_rate": None, "learnability": 0.0, "diversity": 0.0, "complexity": 0.0,
+            "format": fmt, "correctness": correctness, "reward": correctness + fmt,
+        })
+    return rows
+
+
+def _proposer_rows(proposals: list[dict], tasks: dict[str, dict], solve_rates: dict[str, float],
+                   buffer: pd.DataFrame, config: AZRConfig) -> list[dict]:
+    programs_by_id = dict(zip(buffer["task_id"], buffer["program"]))
+    output_types = Counter(rewards.value_type(o) for o in buffer["output"])
+    rows = []
+    for p in proposals:
+        task = tasks[p["task_id"]]
+        valid = bool(task["accepted"])
+        rate = solve_rates.get(p["task_id"], 0.0)
+        references = [programs_by_id[r] for r in p["reference_ids"] if r in programs_by_id]
+        div = rewards.diversity(task["program"], task["output"], references, output_types) if valid else 0.0
+        comp = task["complexity"] if valid else 0.0
+        learn = rewards.learnability(rate, config.rewards.learnability_at_extremes) if valid else 0.0
+        rows.append({
+            "run": p["run"], "iteration": p["iteration"], "task_id": p["task_id"], "task_type": p["task_type"],
+            "role": "propose", "sample": 0, **{c: p[c] for c in SAMPLE_COLUMNS},
+            "valid": valid, "solve_rate": rate if valid else None, "learnability": learn, "diversity": div,
+            "complexity": comp, "format": 0.0, "correctness": 0.0,
+            "reward": rewards.proposer_reward(valid, rate, div, comp, config.rewards),
+        })
+    return rows
+
+
+def score(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
+    """Write ``iter-N/rewards.parquet``: one row per trainable sample, every component in its own column."""
+    names = ["proposals.parquet", "tasks.parquet", "solutions.parquet"]
+    inputs = [run_dir.stage_file(iteration, n) for n in names] + [run_dir.buffer_path(iteration - 1)]
+    out = run_dir.stage_file(iteration, "rewards.parquet")
+    if stage_complete([out], inputs, config.config_hash()):
+        return out
+    started = time.perf_counter()
+    proposals, tasks, solutions = (read_rows(p) for p in inputs[:3])
+    buffer = read_table(inputs[3])
+    solve_rates = pd.DataFrame(solutions).groupby("task_id")["correct"].mean().to_dict()
+    forced = config.is_forced(iteration)
+    rows = _proposer_rows(proposals, {t["task_id"]: t for t in tasks}, solve_rates, buffer, config)
+    rows += _solver_rows(solutions, forced, config)
+    frame = pd.DataFrame(rows)
+    frame["advantage"] = rewards.trr_advantages(frame, config.rewards.advantage_eps)
+    return write_table(frame, out, inputs=inputs, schema=schemas.REWARDS, config_hash=config.config_hash(), seconds=time.perf_counter() - started)

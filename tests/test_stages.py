@@ -1,0 +1,152 @@
+"""Self-play stages on one iteration with tiny-random and the real sandbox (issue 5)."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from azr.artifacts import ArtifactError, RunDir, manifest_path, read_table, write_table
+from azr.config import load_config
+from stages.buffer import update_buffer
+from stages.propose import propose
+from stages.score import score
+from stages.setup import setup_run
+from stages.solve import solve
+from stages.validate import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+PROPOSAL_COLUMNS = {"run", "iteration", "task_id", "task_type", "prompt", "prompt_ids", "response", "response_ids",
+                    "logprobs", "finish_reason", "parsed", "parse_reason", "program", "input", "inputs", "message",
+                    "reference_ids", "generate_seconds"}
+TASK_COLUMNS = {"run", "iteration", "task_id", "task_type", "source", "accepted", "forced", "reason", "program",
+                "input", "output", "inputs", "outputs", "message", "shown", "complexity", "validate_seconds"}
+SOLUTION_COLUMNS = {"run", "iteration", "task_id", "task_type", "sample", "prompt", "prompt_ids", "response",
+                    "response_ids", "logprobs", "finish_reason", "parsed", "parse_reason", "answer", "correct",
+                    "check_status", "solve_seconds"}
+REWARD_COLUMNS = {"run", "iteration", "task_id", "task_type", "role", "sample", "prompt_ids", "response_ids",
+                  "logprobs", "valid", "solve_rate", "learnability", "diversity", "complexity", "format",
+                  "correctness", "reward", "advantage"}
+
+
+def smoke_config(tmp_path, *overrides):
+    return load_config(ROOT / "configs" / "smoke.yaml", [f"orchestration.runs_dir={tmp_path}", *overrides])
+
+
+@pytest.fixture(scope="module")
+def iteration_one(tmp_path_factory):
+    """One full iteration (propose -> validate -> solve -> score), shared by the checks below."""
+    tmp_path = tmp_path_factory.mktemp("runs")
+    config = smoke_config(tmp_path, "tasks_per_iteration=6")
+    run = setup_run(config, tmp_path)
+    paths = {}
+    for stage in (propose, validate, solve, score):
+        paths[stage.__name__] = stage(config, run, 1)
+    return config, run, paths
+
+
+def test_seed_buffer_holds_identity_triplet_and_sandbox_outputs(iteration_one):
+    _, run, _ = iteration_one
+    buffer = read_table(run.buffer_path(0))
+    assert len(buffer) >= 13
+    identity = buffer.iloc[0]
+    assert identity["program"].strip() == "def f(a):\n    return a"
+    assert identity["input"] == '"Hello world"' and identity["output"] == "'Hello world'"
+    assert all(len(i) == len(o) == 10 for i, o in zip(buffer["inputs"], buffer["outputs"]))
+
+
+def test_one_iteration_writes_every_column_and_row(iteration_one):
+    config, run, paths = iteration_one
+    proposals = read_table(paths["propose"])
+    tasks = read_table(paths["validate"])
+    solutions = read_table(paths["solve"])
+    rewards = read_table(paths["score"])
+    assert set(proposals.columns) == PROPOSAL_COLUMNS and len(proposals) == 6
+    assert set(tasks.columns) == TASK_COLUMNS
+    assert set(solutions.columns) == SOLUTION_COLUMNS
+    assert set(rewards.columns) == REWARD_COLUMNS
+    assert set(proposals["task_type"]) <= set(config.task_types)
+    assert all(len(ids) == len(lp) for ids, lp in zip(proposals["response_ids"], proposals["logprobs"]))
+    # every proposal is judged; the solve batch is full, topped up from the buffer when needed
+    assert set(proposals["task_id"]) <= set(tasks["task_id"])
+    assert tasks["accepted"].sum() == config.tasks_per_iteration
+    assert (tasks.loc[~tasks["accepted"], "reason"].notna()).all()
+    assert (tasks.loc[tasks["source"] == "buffer", "accepted"]).all()
+    assert len(solutions) == tasks["accepted"].sum() * config.rewards.n_samples
+    assert len(rewards) == len(proposals) + len(solutions)
+    assert (rewards.loc[~rewards["valid"], "reward"] == config.rewards.invalid_penalty).all()
+
+
+def test_second_call_of_each_stage_computes_nothing(iteration_one):
+    config, run, paths = iteration_one
+    before = {name: (p.stat().st_mtime_ns, manifest_path(p).read_text()) for name, p in paths.items()}
+    for stage in (propose, validate, solve, score):
+        assert stage(config, run, 1) == paths[stage.__name__]
+    after = {name: (p.stat().st_mtime_ns, manifest_path(p).read_text()) for name, p in paths.items()}
+    assert before == after
+
+
+def test_buffer_update_adds_accepted_proposals_once(iteration_one):
+    config, run, paths = iteration_one
+    tasks = read_table(paths["validate"])
+    new_buffer = read_table(update_buffer(config, run, 1))
+    old_buffer = read_table(run.buffer_path(0))
+    added = new_buffer[new_buffer["origin_iteration"] == 1]
+    proposed = tasks[tasks["accepted"] & (tasks["source"] == "proposed")]
+    assert len(new_buffer) == len(old_buffer) + len(added)
+    assert len(added) <= len(proposed)
+    assert set(added["task_id"]) <= set(proposed["task_id"])
+
+
+def hand_written_proposals(run: RunDir, iteration: int, buffer: pd.DataFrame) -> Path:
+    """Proposals as the propose stage would write them, with known programs (a real input file, no model)."""
+    base = {"run": run.name, "iteration": iteration, "prompt": "", "prompt_ids": [1], "response": "",
+            "response_ids": [2], "logprobs": [-0.1], "finish_reason": "stop", "inputs": None, "message": None,
+            "reference_ids": [], "generate_seconds": 0.0}
+    rows = [
+        {**base, "task_id": "dup", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": buffer.iloc[1]["program"], "input": "[4, 4, 2]"},
+        {**base, "task_id": "fresh", "task_type": "abduction", "parsed": True, "parse_reason": None,
+         "program": "def g(s, n):\n    out = []\n    for i, ch in enumerate(s):\n        out.append(ch * ((i % n) + 1))\n    return '-'.join(out)",
+         "input": "'abc', 2"},
+        {**base, "task_id": "broken", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": "def f(x):\n    return x +", "input": "1"},
+        {**base, "task_id": "banned", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": "import os\ndef f(x):\n    return os.getpid() + x", "input": "1"},
+        {**base, "task_id": "unparsed", "task_type": "deduction", "parsed": False, "parse_reason": "no_answer_tag",
+         "program": None, "input": None},
+    ]
+    return write_table(pd.DataFrame(rows), run.stage_file(iteration, "proposals.parquet"))
+
+
+@pytest.mark.parametrize("iteration, threshold, forced", [(1, 1, True), (2, 1, False)])
+def test_force_acceptance_before_and_after_threshold(tmp_path, iteration, threshold, forced):
+    config = smoke_config(tmp_path, f"force_accept_threshold={threshold}", "tasks_per_iteration=5")
+    run = setup_run(config, tmp_path)
+    buffer = read_table(run.buffer_path(0))
+    write_table(buffer, run.buffer_path(iteration - 1))
+    hand_written_proposals(run, iteration, buffer)
+    tasks = read_table(validate(config, run, iteration)).set_index("task_id")
+    # ground-truth failures are rejected either way, with their reason
+    assert not tasks.at["broken", "accepted"] and tasks.at["broken", "reason"] == "syntax"
+    assert not tasks.at["banned", "accepted"] and tasks.at["banned", "reason"] == "banned"
+    assert not tasks.at["unparsed", "accepted"] and tasks.at["unparsed", "reason"] == "no_answer_tag"
+    assert tasks.at["fresh", "accepted"] and tasks.at["fresh", "forced"] == forced
+    assert tasks.at["fresh", "program"].startswith("def f(")  # the first function is renamed f
+    assert tasks.at["fresh", "output"] == "'a-bb-c'"
+    # a copy of a buffer program: waived under force acceptance, rejected after it
+    assert tasks.at["dup", "accepted"] == forced
+    assert tasks.at["dup", "reason"] == (None if forced else "duplicate")
+    assert tasks["accepted"].sum() == 5  # topped up from the buffer
+    assert (tasks.loc[tasks["source"] == "buffer", "forced"] == False).all()  # noqa: E712
+
+
+def test_missing_or_corrupt_stage_input_is_named(tmp_path):
+    config = smoke_config(tmp_path)
+    run = setup_run(config, tmp_path)
+    with pytest.raises(ArtifactError, match="proposals.parquet: file not found"):
+        validate(config, run, 1)
+    path = hand_written_proposals(run, 1, read_table(run.buffer_path(0)))
+    path.write_bytes(path.read_bytes()[:-20])
+    with pytest.raises(ArtifactError, match="proposals.parquet: contents do not match its manifest"):
+        validate(config, run, 1)
