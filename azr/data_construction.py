@@ -18,6 +18,8 @@ from azr.config import AZRConfig
 from azr.rewards import complexity, max_similarity
 
 NEAR_DUPLICATE_SIMILARITY = 0.95  # AST-shape similarity at which a program counts as a copy
+# Seed and top-up tasks have no proposer message; the induction solver still gets a hint of the job.
+DEFAULT_INDUCTION_MESSAGE = "Find the function that maps each input to its output."
 
 
 def _triplet(task: pd.Series) -> dict:
@@ -60,6 +62,7 @@ def solver_view(task: dict) -> dict:
         **task,
         "inputs": [task["inputs"][i] for i in shown],
         "outputs": [task["outputs"][i] for i in shown],
+        "message": task["message"] or DEFAULT_INDUCTION_MESSAGE,
     }
 
 
