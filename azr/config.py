@@ -150,6 +150,33 @@ class OrchestrationConfig(Section):
 class EvalConfig(Section):
     every: int = Field(0, ge=0, description="Evaluate every N iterations (and before the first); 0 = off.")
     limit: int | None = Field(None, gt=0, description="Problems per held-out set; default: all.")
+    sets: list[str] = Field(
+        default_factory=lambda: ["heldout"],
+        description="Held-out sets: 'heldout' (shipped, one per task type) or JSONL files (CRUXEval format, or induction programs with inputs).",
+    )
+    task_types: list[TaskType] = Field(
+        default_factory=lambda: ["abduction", "deduction", "induction"], description="Task types (modes) to evaluate."
+    )
+    samples: int = Field(1, gt=0, description="Answers per problem: 1 = greedy; more = sampled at sampling.temperature.")
+    pass_k: list[int] = Field(
+        default_factory=lambda: [1, 5, 10], description="k values reported as pass@k (those <= samples)."
+    )
+    max_new_tokens: int | None = Field(None, gt=0, description="Longest answer, in tokens; default: sampling.max_new_tokens.")
+    strict: bool = Field(False, description="Require <answer> tags when parsing answers; lenient parsing (the default) scores the value.")
+
+    @field_validator("pass_k")
+    @classmethod
+    def _positive_k(cls, value: list[int]) -> list[int]:
+        if not value or any(k < 1 for k in value):
+            raise ValueError("must list k values >= 1")
+        return sorted(set(value))
+
+    @field_validator("sets", "task_types")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("must name at least one entry")
+        return value
 
 
 class AZRConfig(Section):
