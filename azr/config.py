@@ -102,6 +102,8 @@ class ExecutorConfig(Section):
     container_memory_mb: int = Field(1024, gt=0, description="Memory limit per sandbox container, MiB.")
     determinism_runs: int = Field(2, gt=0, description="Calls per validation that must agree (one fresh child).")
     max_output_chars: int = Field(10_000, gt=0, description="Longest output repr returned by the sandbox.")
+    worker_slots: int = Field(4, gt=0, description="Programs each worker/container runs at once (one forked child each).")
+    container_cpus: float = Field(1.0, gt=0.0, description="CPU limit per sandbox container.")
     banned_modules: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BANNED_MODULES),
         description="Modules a program may not import (checked on the AST, including __import__/importlib).",
