@@ -201,7 +201,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Recompute activations in the backward pass instead of keeping them (memory for compute)."""
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
     if hasattr(model, "config"):
         model.config.use_cache = False
 
