@@ -1,0 +1,124 @@
+"""The batched sandbox operations: validate proposals, check deduction/abduction/induction answers.
+
+Each one checks its items on the host first (shape, parse, banned imports, without running
+anything), sends the rest to the sandbox in one batch, and returns one result per item, in order.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from azr.sandbox.client import CheckResult, ValidationResult
+from azr.sandbox.safety import check_expression, check_program, program_status
+
+if TYPE_CHECKING:
+    from azr.sandbox.client import Sandbox
+
+
+def _texts(value: Any, what: str, index: int) -> list[str]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"item {index}: {what} must be a list of strings, got {value!r:.200}")
+    return list(value)
+
+
+def _text(value: Any, what: str, index: int) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"item {index}: {what} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _unpack(item: Any, size: int, shape: str, index: int) -> tuple:
+    if not isinstance(item, (list, tuple)) or len(item) != size:
+        raise ValueError(f"item {index}: expected a tuple {shape}, got {item!r:.200}")
+    return tuple(item)
+
+
+def _first_problem(texts: list[str], banned: list[str], what: str) -> str | None:
+    for number, text in enumerate(texts):
+        reason = check_expression(text, banned, f"{what} {number}")
+        if reason:
+            return reason
+    return None
+
+
+def _run(sandbox: "Sandbox", jobs: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Run the jobs that passed the host checks; keyed by item index."""
+    indices = list(jobs)
+    return dict(zip(indices, sandbox.run([jobs[i] for i in indices])))
+
+
+def validate(sandbox: "Sandbox", items: list[tuple[str, list[str]]], banned: list[str]) -> list[ValidationResult]:
+    results: dict[int, ValidationResult] = {}
+    jobs: dict[int, dict[str, Any]] = {}
+    normalised: dict[int, str] = {}
+    for index, item in enumerate(items):
+        program, inputs = _unpack(item, 2, "(program, inputs)", index)
+        program, inputs = _text(program, "program", index), _texts(inputs, "inputs", index)
+        if not inputs:
+            raise ValueError(f"item {index}: needs at least one input")
+        normalised[index], reason = check_program(program, banned)
+        reason = reason or _first_problem(["f(" + text + "\n)" for text in inputs], banned, "input")
+        if reason:
+            results[index] = ValidationResult(program_status(reason), normalised[index] or program, [], reason, 0.0)
+            continue
+        jobs[index] = {"kind": "validate", "program": normalised[index], "inputs": inputs, "runs": sandbox.config.determinism_runs, "banned": banned}
+    for index, answer in _run(sandbox, jobs).items():
+        results[index] = ValidationResult(
+            answer["status"], normalised[index], answer.get("outputs", []), answer.get("error"), answer.get("seconds", 0.0)
+        )
+    return [results[i] for i in range(len(items))]
+
+
+def _checks(sandbox: "Sandbox", jobs: dict[int, dict[str, Any]], refused: dict[int, CheckResult], count: int) -> list[CheckResult]:
+    for index, answer in _run(sandbox, jobs).items():
+        refused[index] = CheckResult(bool(answer.get("correct")) and answer["status"] == "ok", answer["status"], answer.get("error"), answer.get("seconds", 0.0))
+    return [refused[i] for i in range(count)]
+
+
+def check_deduction(sandbox: "Sandbox", items: list[tuple[str, str]]) -> list[CheckResult]:
+    banned = sandbox.config.banned_modules
+    refused: dict[int, CheckResult] = {}
+    jobs: dict[int, dict[str, Any]] = {}
+    for index, item in enumerate(items):
+        gold, answer = (_text(v, w, index) for v, w in zip(_unpack(item, 2, "(gold output, answer)", index), ("gold output", "answer")))
+        reason = check_expression(answer, banned, "answer")
+        if reason:
+            refused[index] = CheckResult(False, program_status(reason), reason)
+        else:
+            jobs[index] = {"kind": "deduction", "gold": gold, "answer": answer, "banned": banned}
+    return _checks(sandbox, jobs, refused, len(items))
+
+
+def check_abduction(sandbox: "Sandbox", items: list[tuple[str, str, str]]) -> list[CheckResult]:
+    banned = sandbox.config.banned_modules
+    refused: dict[int, CheckResult] = {}
+    jobs: dict[int, dict[str, Any]] = {}
+    for index, item in enumerate(items):
+        program, answer, gold = (
+            _text(v, w, index) for v, w in zip(_unpack(item, 3, "(program, answer, gold output)", index), ("program", "answer", "gold output"))
+        )
+        program, reason = check_program(program, banned)
+        reason = reason or check_expression(answer, banned, "answer")
+        if reason:
+            refused[index] = CheckResult(False, program_status(reason), reason)
+        else:
+            jobs[index] = {"kind": "abduction", "program": program, "answer": answer, "gold": gold, "banned": banned}
+    return _checks(sandbox, jobs, refused, len(items))
+
+
+def check_induction(sandbox: "Sandbox", items: list[tuple[str, list[str], list[str]]]) -> list[CheckResult]:
+    banned = sandbox.config.banned_modules
+    refused: dict[int, CheckResult] = {}
+    jobs: dict[int, dict[str, Any]] = {}
+    for index, item in enumerate(items):
+        program, inputs, golds = _unpack(item, 3, "(program, inputs, gold outputs)", index)
+        program, inputs, golds = _text(program, "program", index), _texts(inputs, "inputs", index), _texts(golds, "gold outputs", index)
+        if len(inputs) != len(golds):
+            raise ValueError(f"item {index}: {len(inputs)} inputs but {len(golds)} gold outputs")
+        program, reason = check_program(program, banned)
+        reason = reason or _first_problem(["f(" + text + "\n)" for text in inputs], banned, "input")
+        if reason:
+            refused[index] = CheckResult(False, program_status(reason), reason)
+        else:
+            jobs[index] = {"kind": "induction", "program": program, "inputs": inputs, "golds": golds, "banned": banned}
+    return _checks(sandbox, jobs, refused, len(items))

@@ -1,0 +1,284 @@
+"""The `Sandbox`: a pool of runner workers (containers or local processes) fed in batches.
+
+Jobs stream to every worker over its stdin, answers stream back in completion order, so one slow
+program never holds up the others. A worker that dies or stops answering is killed and replaced;
+the jobs it held come back with status ``killed`` and the pool goes on serving.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import selectors
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from azr.config import ExecutorConfig
+
+log = logging.getLogger(__name__)
+
+RUNNER_PATH = Path(__file__).with_name("runner.py")
+START_SECONDS = 60.0  # a worker must say hello within this (a container start on a busy daemon is slow)
+HANG_GRACE_SECONDS = 10.0  # silence beyond the per-program limit that marks a worker as hung
+JOBS_PER_SLOT = 8  # jobs queued at a worker per slot: keeps its children busy while answers travel
+
+
+class SandboxError(RuntimeError):
+    """The sandbox cannot run at all (no daemon, no image, a worker that never starts)."""
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    """One validated proposal: status ``ok`` or the failure; ``outputs`` holds one gold repr per input."""
+
+    status: str
+    program: str
+    outputs: list[str] = field(default_factory=list)
+    error: str | None = None
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """One checked answer; ``status`` says whether the check ran (``ok``) or why it could not."""
+
+    correct: bool
+    status: str
+    error: str | None = None
+    seconds: float = 0.0
+
+
+class Worker(Protocol):
+    """One runner process; `start` sends the config line and returns the runner's hello."""
+
+    name: str
+    read_fd: int
+    write_fd: int
+
+    def start(self, runner_config: dict[str, Any]) -> dict[str, Any]: ...
+
+    def decode(self, data: bytes) -> bytes: ...
+
+    def kill(self) -> None: ...
+
+    def describe_death(self) -> str: ...
+
+
+def runner_config(config: ExecutorConfig, **extra: Any) -> dict[str, Any]:
+    """The runner's limits from the executor config."""
+    return {
+        "timeout_seconds": config.timeout_seconds,
+        "cpu_seconds": config.cpu_seconds,
+        "memory_mb": config.memory_mb,
+        "max_output_chars": config.max_output_chars,
+        "slots": config.worker_slots,
+        **extra,
+    }
+
+
+def read_hello(worker: Worker, deadline: float) -> dict[str, Any]:
+    """Block until the runner's first line; SandboxError if it does not come."""
+    buffer = b""
+    selector = selectors.DefaultSelector()
+    selector.register(worker.read_fd, selectors.EVENT_READ)
+    try:
+        while b"\n" not in buffer:
+            if not selector.select(max(0.0, deadline - time.monotonic())):
+                raise SandboxError(f"{worker.name}: no hello within {START_SECONDS:.0f} s")
+            data = os.read(worker.read_fd, 65536)
+            if not data:
+                raise SandboxError(f"{worker.name}: exited before saying hello: {worker.describe_death()}")
+            buffer += worker.decode(data)
+    finally:
+        selector.close()
+    line, _, rest = buffer.partition(b"\n")
+    message = json.loads(line)
+    if "hello" not in message:
+        raise SandboxError(f"{worker.name}: refused its config: {message.get('error')}")
+    message["hello"]["pending"] = rest
+    return message["hello"]
+
+
+class _Slot:
+    """A live worker plus the host-side state of its stream."""
+
+    def __init__(self, worker: Worker, hello: dict[str, Any]):
+        self.worker = worker
+        self.hello = hello
+        self.inbuf = bytearray(hello.pop("pending", b""))
+        self.outbuf = bytearray()
+        self.outstanding: dict[int, int] = {}  # job id -> index in the current batch
+        self.last_heard = time.monotonic()
+        os.set_blocking(worker.read_fd, False)
+        os.set_blocking(worker.write_fd, False)
+
+
+class Sandbox:
+    """A pool of warm sandbox workers. Use `open_sandbox`; close it (or use ``with``) when done.
+
+    Not thread-safe: one batch at a time.
+    """
+
+    def __init__(self, config: ExecutorConfig, backend: str, make_worker: Callable[[int], Worker], extra: dict[str, Any]):
+        self.config = config
+        self.backend = backend
+        self._make_worker = make_worker
+        self._runner_config = runner_config(config, **extra)
+        self._ids = itertools.count()
+        self._serial = itertools.count()
+        self._slots: list[_Slot] = []
+        self.replaced = 0  # workers replaced after dying or hanging (for tests and metrics)
+        size = config.pool_size or os.cpu_count() or 1
+        with ThreadPoolExecutor(size) as pool:  # containers start in parallel: each takes a second or more
+            starts = [pool.submit(self._start_worker) for _ in range(size)]
+        self._slots = [start.result() for start in starts if start.exception() is None]
+        failed = [start.exception() for start in starts if start.exception() is not None]
+        if failed:
+            self.close()
+            raise failed[0]
+
+    @property
+    def hello(self) -> dict[str, Any]:
+        """What the first worker's runner reported (python version, network isolation)."""
+        return self._slots[0].hello
+
+    def _start_worker(self) -> _Slot:
+        worker = self._make_worker(next(self._serial))
+        try:
+            hello = worker.start(self._runner_config)
+        except BaseException:
+            worker.kill()
+            raise
+        return _Slot(worker, hello)
+
+    def close(self) -> None:
+        """Stop every worker (containers are removed)."""
+        for slot in self._slots:
+            slot.worker.kill()
+        self._slots = []
+
+    def __enter__(self) -> "Sandbox":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -------------------------------------------------------------- the batch loop
+
+    def run(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run runner jobs (see runner.JOB_FIELDS) across the pool; one answer dict per job, in order."""
+        if not self._slots:
+            raise SandboxError("sandbox is closed")
+        results: list[dict[str, Any] | None] = [None] * len(jobs)
+        lines = [None] * len(jobs)
+        pending = deque(range(len(jobs)))
+        window = self.config.worker_slots * JOBS_PER_SLOT
+        hang_after = self.config.timeout_seconds + HANG_GRACE_SECONDS
+        while pending or any(slot.outstanding for slot in self._slots):
+            for slot in self._slots:
+                while pending and len(slot.outstanding) < window:
+                    index = pending.popleft()
+                    job_id = next(self._ids)
+                    lines[index] = lines[index] or json.dumps(jobs[index]).encode()
+                    slot.outbuf += b'{"id": %d, ' % job_id + lines[index][1:] + b"\n"
+                    slot.outstanding[job_id] = index
+                self._flush(slot)
+            self._wait(results, hang_after)
+        return results  # type: ignore[return-value]
+
+    def _flush(self, slot: _Slot) -> None:
+        while slot.outbuf:
+            try:
+                written = os.write(slot.worker.write_fd, slot.outbuf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return  # a dead worker: its read side reports EOF next
+            del slot.outbuf[:written]
+
+    def _wait(self, results: list[dict[str, Any] | None], hang_after: float) -> None:
+        selector = selectors.DefaultSelector()
+        try:
+            for slot in self._slots:
+                mask = selectors.EVENT_READ
+                if slot.worker.write_fd == slot.worker.read_fd and slot.outbuf:
+                    mask |= selectors.EVENT_WRITE
+                selector.register(slot.worker.read_fd, mask, slot)
+                if slot.worker.write_fd != slot.worker.read_fd and slot.outbuf:
+                    selector.register(slot.worker.write_fd, selectors.EVENT_WRITE, slot)
+            for key, mask in selector.select(timeout=1.0):
+                if mask & selectors.EVENT_READ:
+                    self._receive(key.data, results)
+        finally:
+            selector.close()
+        now = time.monotonic()
+        for slot in list(self._slots):
+            if slot.outstanding and now - slot.last_heard > hang_after:
+                self._replace(slot, results, f"no answer for {now - slot.last_heard:.0f} s (hung)")
+
+    def _receive(self, slot: _Slot, results: list[dict[str, Any] | None]) -> None:
+        if slot not in self._slots:
+            return
+        try:
+            data = os.read(slot.worker.read_fd, 1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""  # a reset connection is a dead worker too
+        if not data:
+            self._replace(slot, results, f"died: {slot.worker.describe_death()}")
+            return
+        slot.last_heard = time.monotonic()
+        slot.inbuf += slot.worker.decode(data)
+        start = 0
+        while (end := slot.inbuf.find(b"\n", start)) >= 0:
+            self._answer(slot, json.loads(slot.inbuf[start:end]), results)
+            start = end + 1
+        del slot.inbuf[:start]
+
+    def _answer(self, slot: _Slot, message: dict[str, Any], results: list[dict[str, Any] | None]) -> None:
+        job_id = message.pop("id", None)
+        if job_id not in slot.outstanding:
+            raise SandboxError(f"{slot.worker.name}: answer for a job it was not given: {message}")
+        results[slot.outstanding.pop(job_id)] = message
+
+    def _replace(self, slot: _Slot, results: list[dict[str, Any] | None], reason: str) -> None:
+        """Kill a dead or hung worker, fail the jobs it held, start a fresh one in its place."""
+        log.warning("sandbox %s %s; replacing it (%d jobs lost)", slot.worker.name, reason, len(slot.outstanding))
+        slot.worker.kill()
+        for index in slot.outstanding.values():
+            results[index] = {"status": "killed", "error": f"sandbox worker {reason}", "seconds": 0.0}
+        self._slots[self._slots.index(slot)] = self._start_worker()
+        self.replaced += 1
+
+    # -------------------------------------------------------------- operations
+
+    def validate(self, items: list[tuple[str, list[str]]], banned_modules: list[str] | None = None) -> list[ValidationResult]:
+        """Ground-truth validation of (program, input texts) proposals; see design.md section 5."""
+        from azr.sandbox.checks import validate
+
+        return validate(self, items, self.config.banned_modules if banned_modules is None else banned_modules)
+
+    def check_deduction(self, items: list[tuple[str, str]]) -> list[CheckResult]:
+        """(gold output repr, answer text): correct when the answer's value equals the gold value."""
+        from azr.sandbox.checks import check_deduction
+
+        return check_deduction(self, items)
+
+    def check_abduction(self, items: list[tuple[str, str, str]]) -> list[CheckResult]:
+        """(program, answer input text or `f(...)` call text, gold output repr): correct when f(answer) == gold."""
+        from azr.sandbox.checks import check_abduction
+
+        return check_abduction(self, items)
+
+    def check_induction(self, items: list[tuple[str, list[str], list[str]]]) -> list[CheckResult]:
+        """(candidate program, inputs, gold output reprs): correct when it reproduces every pair."""
+        from azr.sandbox.checks import check_induction
+
+        return check_induction(self, items)

@@ -1,0 +1,90 @@
+"""Host-side checks of model-written code, on the AST only: nothing here executes it.
+
+`check_program` is the ground-truth gate of design.md section 5 (parse, rename the first function to
+`f`, no banned imports). The runner also refuses banned imports at run time, which catches what an
+AST cannot see (an import built from strings inside `exec`, say).
+"""
+
+from __future__ import annotations
+
+import ast
+
+# Names that reach the import machinery or the interpreter's internals however the code is written.
+ESCAPE_NAMES = frozenset({"__import__", "__builtins__", "__loader__", "__spec__", "exec", "eval", "compile", "breakpoint", "globals", "locals", "vars"})
+ESCAPE_ATTRIBUTES = frozenset(
+    {"__subclasses__", "__globals__", "__builtins__", "__code__", "__closure__", "__import__", "__loader__", "__spec__", "__bases__", "__mro__", "__base__", "f_globals", "f_locals", "f_builtins", "gi_frame", "tb_frame"}
+)
+
+
+def banned_import(tree: ast.AST, banned_modules: list[str]) -> str | None:
+    """The first banned import or interpreter escape in a parsed tree, as a reason, else None."""
+    banned = set(banned_modules)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.partition(".")[0] in banned:
+                    return f"imports banned module {alias.name!r}"
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0 and node.module and node.module.partition(".")[0] in banned:
+                return f"imports banned module {node.module!r}"
+        elif not banned:
+            continue  # an empty banned list allows everything, escapes included
+        elif isinstance(node, ast.Name) and node.id in ESCAPE_NAMES:
+            return f"uses {node.id!r}, which can import modules or reach interpreter internals"
+        elif isinstance(node, ast.Attribute) and node.attr in ESCAPE_ATTRIBUTES:
+            return f"uses attribute {node.attr!r}, which reaches interpreter internals"
+    return None
+
+
+def parse_error(source: str, what: str, mode: str = "exec") -> tuple[ast.AST | None, str | None]:
+    try:
+        return ast.parse(source, mode=mode), None
+    except SyntaxError as exc:
+        return None, f"{what} does not parse: {exc.msg} (line {exc.lineno})"
+    except (ValueError, RecursionError, MemoryError) as exc:
+        return None, f"{what} does not parse: {type(exc).__name__}: {exc}"
+
+
+def check_program(program: str, banned_modules: list[str]) -> tuple[str | None, str | None]:
+    """Check a program without running it.
+
+    Returns ``(normalised program, None)`` where the first top-level function is renamed ``f``
+    (with every reference to its old name), or ``(None, reason)`` when it does not parse, defines
+    no function, or imports a banned module. Use `program_status` to tell those apart.
+    """
+    if not isinstance(program, str):
+        return None, f"program must be a string, not {type(program).__name__}"
+    tree, error = parse_error(program, "program")
+    if tree is None:
+        return None, error
+    functions = [node for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    if not functions:
+        return None, "program defines no top-level function"
+    reason = banned_import(tree, banned_modules)
+    if reason:
+        return None, reason
+    old_name = functions[0].name
+    if old_name == "f":
+        return program, None
+    if any(isinstance(node, ast.Name) and node.id == "f" for node in ast.walk(tree)) or any(fn.name == "f" for fn in functions):
+        return None, f"program uses the name 'f' for something other than its first function {old_name!r}"
+    functions[0].name = "f"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and node.id == old_name:
+            node.id = "f"
+    return ast.unparse(tree), None
+
+
+def program_status(reason: str) -> str:
+    """The sandbox status for a reason given by `check_program` / `check_expression`."""
+    return "syntax" if "does not parse" in reason or "defines no" in reason or "name 'f'" in reason else "banned"
+
+
+def check_expression(text: str, banned_modules: list[str], what: str = "expression") -> str | None:
+    """None when an expression (an input, an answer) parses and imports nothing banned, else the reason."""
+    if not isinstance(text, str):
+        return f"{what} must be a string, not {type(text).__name__}"
+    tree, error = parse_error("(\n" + text + "\n)", what, mode="eval")
+    if tree is None:
+        return error
+    return banned_import(tree, banned_modules)
