@@ -62,3 +62,6 @@ def config_validate(
     """Exit 0 when FILE is a valid config; else print each error (naming the key) and exit 2."""
     resolve_config(file, set_)
     console.print(f"{file}: ok")
+
+
+import azr.sandbox.cli  # noqa: E402,F401  registers `azr validate`, `azr score cruxeval` and `azr sandbox build` on app
