@@ -65,3 +65,25 @@ def config_validate(
 
 
 import azr.sandbox.cli  # noqa: E402,F401  registers `azr validate`, `azr score cruxeval` and `azr sandbox build` on app
+
+
+model_app = typer.Typer(no_args_is_help=True, help="Prepare policy models.")
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("prepare")
+def model_prepare(
+    name: Annotated[Optional[str], typer.Argument(help="Built-in name, .gguf file, HF dir or hub id; default: model.name_or_path.")] = None,
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Fetch/convert a model into the cache (model.cache_dir) once and print its local directory."""
+    from azr.model import ModelNotFoundError, prepare_model  # torch is slow to import; only this command needs it
+
+    cfg = resolve_config(config, set_)
+    try:
+        path = prepare_model(name or cfg.model.name_or_path, cfg.model.cache_dir)
+    except (ModelNotFoundError, RuntimeError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    typer.echo(str(path))

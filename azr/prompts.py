@@ -1,0 +1,244 @@
+"""Task generation prompts: the six role templates (propose and solve, for each task type).
+
+This module is the place to customise what the model is asked. Edit the template strings below;
+they are `str.format` templates, so write a literal brace as `{{` or `}}`. Keep the answer format
+(reasoning in `<think>`, the answer in `<answer>` with fenced `python` / `input` / `output` /
+`message` blocks): `azr.parsing` reads exactly that. The golden files in `tests/golden/` show
+every rendered prompt; regenerate them with `AZR_UPDATE_GOLDEN=1 pytest tests/test_prompts.py`.
+
+An *input* is always written as the arguments of a call to `f`: for `f([1, 2], 'ab')` the input
+is `[1, 2], 'ab'`. An *output* is the `repr` of the returned value.
+"""
+
+from __future__ import annotations
+
+from transformers import PreTrainedTokenizerBase
+
+TASK_TYPES = ("abduction", "deduction", "induction")
+
+PROGRAM_RULES = """\
+Rules for the program:
+- Define one function named `f`. Helpers, if any, go inside `f`.
+- Use only the Python standard library, and never import any of these modules: {banned}.
+- Make it deterministic: the same input must always give the same output, with no state kept between calls.
+- Return a value made of literals (numbers, strings, booleans, None, and lists, tuples, dicts or sets of them).
+- Write the input as the arguments of a call to `f`, using literals only: for `f([1, 2], 'ab')` write `[1, 2], 'ab'`."""
+
+PROPOSE_ANSWER_FORMAT = """\
+Reason inside <think> </think>, then put the program and the input inside <answer> </answer>, exactly like this:
+<think>your reasoning</think>
+<answer>
+```python
+def f(...):
+    ...
+```
+```input
+...
+```
+</answer>"""
+
+PROPOSE_DEDUCTION = """\
+Design a new Python reasoning task. You write a program `f` and one input for it. A student will \
+see the program and the input and must work out the output, so the task should take careful \
+step-by-step reasoning while having exactly one correct answer.
+
+{rules}
+- Make your task clearly different from the reference tasks below.
+
+{references}
+
+{answer_format}"""
+
+PROPOSE_ABDUCTION = """\
+Design a new Python reasoning task. You write a program `f` and one input for it. A student will \
+see the program and the output it returns for your input, and must find an input that produces \
+that output, so working backwards from the output should take real thought.
+
+{rules}
+- Make your task clearly different from the reference tasks below.
+
+{references}
+
+{answer_format}"""
+
+PROPOSE_INDUCTION = """\
+Design a Python reasoning task from the program below. Write {n_inputs} different inputs for it \
+and a message. A student will see half of the inputs with their outputs, plus your message, and \
+must write a program that reproduces all {n_inputs} input/output pairs. Choose inputs that together \
+reveal what the program does, including its edge cases. The message should help the student \
+without giving the code away.
+
+Rules:
+- Write each input as the arguments of a call to `f`, using literals only: for `f([1, 2], 'ab')` write `[1, 2], 'ab'`.
+- Inputs are plain literals: no expressions, calls or imports (these modules are banned: {banned}).
+- All {n_inputs} inputs must be different.
+
+The program:
+```python
+{program}
+```
+
+Reason inside <think> </think>, then put the inputs, each in its own input block, and the message \
+inside <answer> </answer>, exactly like this:
+<think>your reasoning</think>
+<answer>
+```input
+...
+```
+(one input block for each of the {n_inputs} inputs)
+```message
+...
+```
+</answer>"""
+
+SOLVE_DEDUCTION = """\
+Work out what the Python function `f` returns when it is called with the input below.
+
+```python
+{program}
+```
+```input
+{input}
+```
+
+Reason step by step inside <think> </think>, then give the returned value as a Python literal \
+(as `repr` would print it) inside <answer> </answer>, exactly like this:
+<think>your reasoning</think>
+<answer>
+```output
+...
+```
+</answer>"""
+
+SOLVE_ABDUCTION = """\
+Find an input for which the Python function `f` below returns the given output.
+
+```python
+{program}
+```
+```output
+{output}
+```
+
+Reason step by step inside <think> </think>, then give the input inside <answer> </answer>, \
+written as the arguments of a call to `f` (for `f([1, 2], 'ab')` write `[1, 2], 'ab'`), exactly like this:
+<think>your reasoning</think>
+<answer>
+```input
+...
+```
+</answer>"""
+
+SOLVE_INDUCTION = """\
+A hidden Python function `f` produced the input/output pairs below. Write a function `f` that \
+reproduces them; it will also be checked on further pairs you do not see.
+
+Message from the task author: {message}
+
+{pairs}
+
+Reason step by step inside <think> </think>, then give the program inside <answer> </answer>, \
+exactly like this:
+<think>your reasoning</think>
+<answer>
+```python
+def f(...):
+    ...
+```
+</answer>"""
+
+REFERENCE = """\
+Reference task {number}:
+```python
+{program}
+```
+```input
+{input}
+```
+```output
+{output}
+```"""
+
+NO_REFERENCES = "There are no reference tasks yet: invent one from scratch."
+
+PAIR = """\
+```input
+{input}
+```
+```output
+{output}
+```"""
+
+
+def proposer_prompt(task_type: str, references: list[dict], banned_modules: list[str], n_inputs: int) -> str:
+    """The proposer's prompt for `task_type`.
+
+    Deduction and abduction: `references` are K triplets (keys program, input, output) shown as
+    examples. Induction: `references[0]["program"]` is the program to write `n_inputs` inputs for.
+    """
+    banned = ", ".join(banned_modules) if banned_modules else "(none)"
+    if task_type == "induction":
+        if not references:
+            raise ValueError("induction proposer needs references[0]: the program to write inputs for")
+        program = _field(references[0], "program", "induction reference")
+        return PROPOSE_INDUCTION.format(program=program.strip(), n_inputs=n_inputs, banned=banned)
+    template = {"deduction": PROPOSE_DEDUCTION, "abduction": PROPOSE_ABDUCTION}.get(task_type)
+    if template is None:
+        raise ValueError(f"unknown task_type {task_type!r}; expected one of {', '.join(TASK_TYPES)}")
+    return template.format(
+        rules=PROGRAM_RULES.format(banned=banned),
+        references=_references(references),
+        answer_format=PROPOSE_ANSWER_FORMAT,
+    )
+
+
+def solver_prompt(task_type: str, task: dict) -> str:
+    """The solver's prompt for one task.
+
+    Deduction: keys program, input. Abduction: keys program, output. Induction: keys inputs and
+    outputs (the pairs shown to the solver) and message.
+    """
+    what = f"{task_type} task"
+    if task_type == "deduction":
+        return SOLVE_DEDUCTION.format(program=_field(task, "program", what).strip(), input=_field(task, "input", what))
+    if task_type == "abduction":
+        return SOLVE_ABDUCTION.format(program=_field(task, "program", what).strip(), output=_field(task, "output", what))
+    if task_type == "induction":
+        inputs, outputs = _field(task, "inputs", what), _field(task, "outputs", what)
+        if len(inputs) != len(outputs):
+            raise ValueError(f"induction task has {len(inputs)} inputs but {len(outputs)} outputs")
+        pairs = "\n".join(PAIR.format(input=i, output=o) for i, o in zip(inputs, outputs))
+        return SOLVE_INDUCTION.format(message=_field(task, "message", what).strip(), pairs=pairs)
+    raise ValueError(f"unknown task_type {task_type!r}; expected one of {', '.join(TASK_TYPES)}")
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+    """The text the model sees: `prompt` as a user turn plus the assistant header, when the
+    tokenizer has a chat template; the bare prompt otherwise."""
+    if not tokenizer.chat_template:
+        return prompt
+    messages = [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _references(references: list[dict]) -> str:
+    if not references:
+        return NO_REFERENCES
+    blocks = []
+    for number, ref in enumerate(references, start=1):
+        what = f"reference {number}"
+        blocks.append(
+            REFERENCE.format(
+                number=number,
+                program=_field(ref, "program", what).strip(),
+                input=_field(ref, "input", what),
+                output=_field(ref, "output", what),
+            )
+        )
+    return "\n\n".join(blocks)
+
+
+def _field(mapping: dict, key: str, what: str):
+    if key not in mapping:
+        raise ValueError(f"{what} has no {key!r} (keys: {', '.join(sorted(mapping)) or 'none'})")
+    return mapping[key]

@@ -1,0 +1,68 @@
+"""Strict and lenient parsing against a corpus of realistic (often malformed) generations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from azr.parsing import REASONS, ParsedAnswer, ParsedProposal, parse_answer, parse_proposal
+
+DATA = Path(__file__).parent / "data"
+CORPUS_FILES = sorted(DATA.glob("parsing_corpus*.yaml"))
+CASES = [case for path in CORPUS_FILES for case in yaml.safe_load(path.read_text())]
+
+
+def _parse(case: dict, strict: bool) -> ParsedProposal | ParsedAnswer:
+    if case["parse"] == "proposal":
+        return parse_proposal(case["task_type"], case["text"], strict=strict, n_inputs=case.get("n_inputs", 10))
+    return parse_answer(case["task_type"], case["text"], strict=strict)
+
+
+def _expected(case: dict, mode: str) -> dict:
+    return case.get(mode, case.get("expect"))
+
+
+def test_corpus_is_large_and_well_formed() -> None:
+    assert len(CASES) >= 40
+    ids = [c["id"] for c in CASES]
+    assert len(ids) == len(set(ids)), "duplicate case ids"
+    assert any(c.get("source", "").startswith("smollm2") for c in CASES), "no real SmolLM2 outputs in the corpus"
+    for case in CASES:
+        for mode in ("strict", "lenient"):
+            expected = _expected(case, mode)
+            assert expected is not None, f"{case['id']}: no expectation for {mode}"
+            assert expected["ok"] or expected["reason"] in REASONS, f"{case['id']}: unknown reason"
+
+
+@pytest.mark.parametrize("mode", ["strict", "lenient"])
+@pytest.mark.parametrize("case", CASES, ids=[c["id"] for c in CASES])
+def test_corpus(case: dict, mode: str) -> None:
+    expected = _expected(case, mode)
+    result = _parse(case, strict=mode == "strict")
+    assert result.ok == expected["ok"], f"{mode}: {result}"
+    assert result.reason == expected.get("reason")
+    for field, value in expected.items():
+        if field not in ("ok", "reason"):
+            assert getattr(result, field) == value, f"{mode}: field {field}"
+
+
+def test_strict_success_is_lenient_success() -> None:
+    for case in CASES:
+        strict, lenient = _parse(case, strict=True), _parse(case, strict=False)
+        if strict.ok:
+            assert lenient == strict, case["id"]
+
+
+def test_unknown_task_type_is_named() -> None:
+    with pytest.raises(ValueError, match="'deduct'"):
+        parse_answer("deduct", "<answer>1</answer>", strict=True)
+    with pytest.raises(ValueError, match="'inductive'"):
+        parse_proposal("inductive", "", strict=False)
+
+
+def test_induction_inputs_keep_their_text_exactly() -> None:
+    text = "<answer>\n```input\n'a  b', {'k': [1,\n 2]}\n```\n```input\n\"\\n\"\n```\n```message\nm\n```\n</answer>"
+    parsed = parse_proposal("induction", text, strict=True, n_inputs=2)
+    assert parsed.inputs == ["'a  b', {'k': [1,\n 2]}", '"\\n"']
