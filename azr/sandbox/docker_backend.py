@@ -131,10 +131,16 @@ class DockerWorker:
         return status + (f"; stderr: {tail}" if tail else "")
 
     def kill(self) -> None:
-        try:
-            self.client.api.kill(self.container)
-        except Exception:  # already exited and auto-removed
-            pass
+        for attempt in ("kill", "unpause"):
+            try:
+                self.client.api.kill(self.container)
+                break
+            except Exception:  # already exited and auto-removed, or paused (a paused container cannot be killed)
+                if attempt == "kill":
+                    try:
+                        self.client.api.unpause(self.container)
+                    except Exception:
+                        break
         try:
             os.close(self.write_fd)
         except OSError:

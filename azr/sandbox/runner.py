@@ -159,7 +159,7 @@ _keep_alive = []
 
 def perturb_allocator():
     """Hold one new object in each small size class so id()-derived values differ between calls."""
-    _keep_alive.append([bytes(n) for n in range(1, 136, 16)])
+    _keep_alive.append([object(), 0.5, *(bytes(n) for n in range(1, 136, 16))])
 
 
 def run_validate(job, scope, limit):
@@ -404,6 +404,9 @@ class Server:
             self.selector.unregister(0)
             data = b"\n"
         self.inbuf += data
+        self.accept_lines()
+
+    def accept_lines(self):
         start = 0
         while (end := self.inbuf.find(b"\n", start)) >= 0:
             if end > start:
@@ -526,6 +529,7 @@ class Server:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
                     pass
+                self.forked_since_scan = True  # scan (and reap) again until it is gone
 
     def timeout(self):
         """Seconds until the next deadline or orphan scan; None to wait for input."""
@@ -576,7 +580,14 @@ def unshare_network():
 
 
 def read_config():
-    line = sys.stdin.buffer.readline()
+    """The first line, read straight from fd 0 (a buffered reader would swallow the jobs after it)."""
+    data = bytearray()
+    while b"\n" not in data:
+        chunk = os.read(0, 65536)
+        if not chunk:
+            break
+        data += chunk
+    line, _, rest = bytes(data).partition(b"\n")
     try:
         given = json.loads(line)["config"]
         unknown = set(given) - set(DEFAULT_CONFIG)
@@ -585,7 +596,7 @@ def read_config():
     except (ValueError, KeyError, TypeError) as exc:
         sys.stdout.write(json.dumps({"id": None, "status": "malformed", "error": f"first line must be {{\"config\": {{...}}}}: {exc}"}) + "\n")
         sys.exit(2)
-    return {**DEFAULT_CONFIG, **given}
+    return {**DEFAULT_CONFIG, **given}, rest
 
 
 def ensure_fixed_hash_seed():
@@ -598,7 +609,7 @@ def ensure_fixed_hash_seed():
 
 def main():
     ensure_fixed_hash_seed()
-    config = read_config()
+    config, rest = read_config()
     network = unshare_network() if config["unshare_net"] else None
     if _libc is not None:
         _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: escaped grandchildren become ours to kill
@@ -607,7 +618,9 @@ def main():
     gc.collect()
     gc.freeze()  # children then do not copy-on-write every page when they collect
     server = Server(config)
+    server.inbuf += rest
     server.send({"hello": {"python": sys.version.split()[0], "pid": os.getpid(), "uid": os.getuid(), "network": network}})
+    server.accept_lines()
     server.serve()
 
 
