@@ -87,3 +87,29 @@ def model_prepare(
         err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from None
     typer.echo(str(path))
+
+
+@model_app.command("export")
+def model_export(
+    run: Annotated[Path, typer.Argument(help="Run directory (runs/<name>).")],
+    iteration: Annotated[int, typer.Option("--iteration", "-i", help="Iteration whose checkpoint to export.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory to write the plain HF model to.")],
+) -> None:
+    """Write a run's checkpoint as a plain Hugging Face model directory (LoRA adapters merged in)."""
+    from azr.artifacts import ArtifactError, RunDir  # torch is slow to import; only this command needs it
+    from azr.checkpoint import export_model, meta_path
+
+    run_dir = RunDir(run)
+    cfg = resolve_config(run_dir.config_path, [])
+    checkpoint = run_dir.checkpoint_dir(iteration)
+    if not meta_path(checkpoint).exists():
+        have = [i for i in run_dir.iterations() if meta_path(run_dir.checkpoint_dir(i)).exists()]
+        err_console.print(f"[red]error:[/red] {run} has no checkpoint for iteration {iteration} "
+                          f"(checkpoints: {', '.join(map(str, have)) or 'none'})", markup=True, highlight=False)
+        raise typer.Exit(1)
+    try:
+        export_model(checkpoint, cfg.model, out)
+    except (ArtifactError, ValueError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
+        raise typer.Exit(1) from None
+    typer.echo(str(out))
