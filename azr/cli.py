@@ -113,3 +113,6 @@ def model_export(
         err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
         raise typer.Exit(1) from None
     typer.echo(str(out))
+
+
+import azr.eval_cli  # noqa: E402,F401  registers `azr eval` and `azr compare` on app
