@@ -188,6 +188,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -195,7 +196,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     metrics = {key: value / total_tokens for key, value in sums.items()}
     if not use_kl:
         del metrics["kl"]
-    metrics.update(grad_norm=float(grad_norm), tokens=total_tokens, learning_rate=scheduler.get_last_lr()[0])
+    metrics.update(grad_norm=float(grad_norm), tokens=total_tokens, learning_rate=learning_rate)
     return metrics
 
 

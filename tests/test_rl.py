@@ -160,3 +160,14 @@ def test_a_batch_without_response_tokens_is_refused():
     model, tokenizer = tiny_model()
     with pytest.raises(ValueError, match="no response tokens"):
         step(model, [rl.Sample([1, 2, 3], [], [], 1.0)])
+
+
+def test_warmup_ramps_the_learning_rate_from_zero():
+    model, tokenizer = tiny_model()
+    samples = make_samples(model, tokenizer, [1.0, -1.0])
+    cfg = TrainingConfig(learning_rate=1e-3, warmup_steps=2)
+    optimizer, scheduler = rl.build_optimizer(model, cfg)
+    before = copy.deepcopy(model.state_dict())
+    rates = [rl.train_step(model, optimizer, scheduler, samples, cfg)["learning_rate"] for _ in range(3)]
+    assert rates == pytest.approx([0.0, 5e-4, 1e-3])
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from azr.artifacts import ArtifactError, RunDir, write_table
 from azr.checkpoint import latest_checkpoint, load_policy, read_meta
-from azr.config import AZRConfig, ModelConfig
+from azr.config import AZRConfig, ModelConfig, dump_config
 from stages.train import train
 from tests.test_rl import make_samples
 
+ROOT = Path(__file__).resolve().parents[1]
 TRAIN_KEYS = {"loss", "pg_loss", "entropy", "clip_fraction", "grad_norm", "tokens", "tokens_per_second",
               "train_seconds", "peak_memory_mb"}
 
@@ -156,3 +161,30 @@ def test_a_rewards_file_without_advantages_is_an_error_naming_the_column(tmp_pat
                 run_dir.stage_file(1, "rewards.parquet"))
     with pytest.raises(ValueError, match="rewards.parquet: missing column.*advantage"):
         train(smoke_config(), run_dir, 1)
+
+
+def test_azr_model_export_writes_a_plain_model_of_a_lora_run(tmp_path):
+    run_dir = RunDir(tmp_path / "run")
+    config = smoke_config()
+    config.model.lora.enabled = True
+    run_dir.root.mkdir()
+    run_dir.config_path.write_text(dump_config(config))
+    write_rewards(run_dir, 1)
+    train(config, run_dir, 1)
+
+    out = tmp_path / "exported"
+    cli = [sys.executable, "-m", "flows.cli", "model", "export", str(run_dir.root)]
+    result = subprocess.run([*cli, "--iteration", "1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    plain = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert not any("lora" in name for name, _ in plain.named_parameters())
+    merged, tokenizer = load_policy(config.model, run_dir.checkpoint_dir(1))
+    ids = torch.tensor([tokenizer("def f(x):", add_special_tokens=False).input_ids])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(ids).logits, merged(ids).logits)
+
+    missing = subprocess.run([*cli, "--iteration", "7", "--out", str(tmp_path / "x")], capture_output=True,
+                             text=True, cwd=ROOT)
+    assert missing.returncode == 1
+    message = " ".join(missing.stderr.split())  # rich wraps long lines
+    assert "has no checkpoint for iteration 7 (checkpoints: 1)" in message
