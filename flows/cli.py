@@ -1,10 +1,317 @@
-"""The `azr` console script: library commands from `azr.cli` plus the run-level commands."""
+"""The `azr` console script: library commands from `azr.cli` plus the run-level commands.
+
+run, resume, serve, runs, tasks. Prefect is imported inside the commands, after
+`prepare_environment` has set PREFECT_HOME and the offline defaults (Prefect reads its settings
+at import).
+"""
 
 from __future__ import annotations
 
-from azr.cli import app
+import os
+import threading
+import time
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, Iterator, Optional
+
+import typer
+from rich import box
+from rich.console import Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+from azr import runs as run_info
+from azr.artifacts import RunDir
+from azr.cli import ConfigOption, SetOption, app, console, err_console, resolve_config
+from azr.config import TASK_TYPES, AZRConfig, ConfigError, load_config
+from azr.tracking import ui_command
+from flows.prefect_env import prepare_environment
 
 __all__ = ["app"]
+
+DEFAULT_API_URL = "http://127.0.0.1:4200/api"
+RunsDirOption = Annotated[
+    Optional[Path], typer.Option("--runs-dir", help="Parent directory of run directories [default: orchestration.runs_dir].")
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err_console.print(Text.assemble(("error: ", "red"), message))
+    return typer.Exit(code)
+
+
+class RunView:
+    """The progress display of `azr run`, read from the run directory's manifests.
+
+    On a terminal it is a live bar; otherwise (logs, CI) one line per finished stage.
+    """
+
+    def __init__(self, run: RunDir, num_iterations: int) -> None:
+        self.run, self.num_iterations, self.started = run, num_iterations, time.monotonic()
+        self.steps = [step for step, _ in run_info.STEPS]
+
+    def status(self) -> tuple[int, str]:
+        """Steps done so far, and a line saying where the run is."""
+        p = run_info.progress(self.run, self.num_iterations)
+        done, where = self.num_iterations * len(self.steps), "finishing"
+        if p.current:
+            iteration, step = p.current
+            done = (iteration - 1) * len(self.steps) + self.steps.index(step)
+            where = f"iteration {iteration}/{self.num_iterations}  stage {step}"
+        rate = f"  ({p.last_step}: {p.last_rate:.2f} samples/s)" if p.last_rate else ""
+        return done, f"{where}  samples {p.samples}{rate}  {time.monotonic() - self.started:.0f}s"
+
+    def __rich__(self) -> Group:
+        done, line = self.status()
+        return Group(ProgressBar(total=self.num_iterations * len(self.steps), completed=done, width=60), Text(line))
+
+    def print_changes(self, stop: threading.Event) -> None:
+        """Print a line whenever a stage finishes, until ``stop`` is set."""
+        last = None
+        while not stop.wait(1.0):
+            done, line = self.status()
+            if done != last:
+                console.print(Text(line), soft_wrap=True)
+                last = done
+
+
+@contextmanager
+def _progress(run: RunDir, num_iterations: int) -> Iterator[None]:
+    view = RunView(run, num_iterations)
+    if console.is_terminal:
+        with Live(view, console=console, refresh_per_second=2):
+            yield
+        return
+    stop = threading.Event()
+    watcher = threading.Thread(target=view.print_changes, args=(stop,), daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+SUMMARY_COLUMNS = {
+    "proposed": "proposals/count", "valid": "tasks/accepted", "forced": "tasks/forced",
+    "solved": "solve_rate/all", "R prop": "reward/propose/reward", "R solve": "reward/solve/reward",
+    "loss": "train/loss", "tok/s": "train/tokens_per_second", "seconds": "seconds/iteration",
+}
+
+
+def _summary_table(run: RunDir) -> Table:
+    """One row per finished iteration: the numbers a person checks first."""
+    table = Table(title=f"run {run.name}", box=box.SIMPLE_HEAD)
+    for title in ("iter", *SUMMARY_COLUMNS):
+        table.add_column(title, justify="right", no_wrap=True)
+    for iteration in range(1, run_info.iterations_done(run) + 1):
+        metrics = run_info.iteration_metrics(run, iteration)
+        table.add_row(str(iteration), *(_fmt(metrics.get(key)) for key in SUMMARY_COLUMNS.values()))
+    return table
+
+
+def _print_where_to_look(config: AZRConfig, run: RunDir) -> None:
+    """Where the run's files, tables and dashboards are: whole commands, never wrapped."""
+    prefect = os.environ.get("PREFECT_API_URL") or f"PREFECT_HOME={os.environ['PREFECT_HOME']} prefect server start"
+    for label, where in (
+        ("run directory", str(run.root)),
+        ("tasks", f"azr tasks {run.root}"),
+        ("all runs", f"azr runs --runs-dir {run.root.parent}"),
+        ("MLflow", ui_command(config, run.root.parent)),
+        ("Prefect", prefect),
+    ):
+        console.print(Text.assemble((f"{label:<14}", "bold"), where), soft_wrap=True)
+
+
+def _execute(config: AZRConfig) -> None:
+    """Run (or continue) the training flow for ``config``'s run directory, with live progress."""
+    from flows.training import training_run
+
+    run = RunDir(Path(config.orchestration.runs_dir) / str(config.orchestration.run_name))
+    console.print(f"run [bold]{run.name}[/bold] in {run.root}")
+    with _progress(run, config.num_iterations):
+        state = training_run(config, return_state=True)
+    if state.is_failed() or state.is_crashed():
+        err_console.print(Text(f"run {run.name} failed: {state.message}", style="red"))
+        err_console.print(f"continue it with: azr resume {run.root}")
+        raise typer.Exit(1)
+    console.print(_summary_table(run))
+    _print_where_to_look(config, run)
+
+
+@app.command("run")
+def run_command(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    run_name: Annotated[Optional[str], typer.Option("--run-name", help="Run directory name [default: orchestration.run_name or azr-<timestamp>].")] = None,
+    runs_dir: RunsDirOption = None,
+) -> None:
+    """Start a training run: live progress, then a summary table and where to look."""
+    cfg = resolve_config(config, set_)
+    root_dir = (runs_dir or Path(cfg.orchestration.runs_dir)).expanduser().resolve()
+    prepare_environment(root_dir)
+    from flows.training import default_run_name, with_location
+
+    name = run_name or cfg.orchestration.run_name or default_run_name(datetime.now())
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise _fail(f"--run-name {name!r}: must be a plain directory name")
+    if (root_dir / name / "config.yaml").exists():
+        raise _fail(f"{root_dir / name} already holds a run; continue it with `azr resume {root_dir / name}` "
+                    "or choose another --run-name")
+    _execute(with_location(cfg, root_dir, name))
+
+
+@app.command("resume")
+def resume_command(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory to continue (holds config.yaml).")],
+) -> None:
+    """Continue a stopped or failed run from its first unfinished stage, with its saved config."""
+    run_dir = run_dir.expanduser().resolve()
+    try:
+        cfg = load_config(RunDir(run_dir).config_path)
+    except ConfigError as exc:
+        raise _fail(f"{run_dir}: not a resumable run directory: {exc}") from None
+    prepare_environment(run_dir.parent)
+    from flows.training import with_location
+
+    _execute(with_location(cfg, run_dir.parent, run_dir.name))
+
+
+@app.command("runs")
+def runs_command(runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Parent directory of run directories.")] = Path("runs")) -> None:
+    """List runs with their status, iterations done and key metrics of the last iteration."""
+    if not runs_dir.is_dir():
+        raise _fail(f"--runs-dir {runs_dir}: no such directory")
+    table = Table(title=f"runs in {runs_dir}")
+    for title in ("run", "status", "iterations", "next", *run_info.KEY_METRICS):
+        table.add_column(title)
+    for s in run_info.list_runs(runs_dir):
+        where = f"iter {s.position[0]} {s.position[1]}" if s.position and s.status != "unreadable" else "-"
+        table.add_row(s.name, s.status, f"{s.iterations_done}/{s.num_iterations}", where,
+                      *(_fmt(s.metrics.get(k)) for k in run_info.KEY_METRICS))
+    console.print(table)
+
+
+def _task_rows_table(frame, limit: int) -> Table:
+    table = Table()
+    for title in ("iter", "task_id", "type", "source", "status", "reason", "solve rate", "program"):
+        table.add_column(title, overflow="fold" if title != "program" else "ellipsis")
+    for row in frame.head(limit).itertuples():
+        program = row.program.strip() if isinstance(row.program, str) else ""
+        first_line = program.splitlines()[0] if program else ""
+        table.add_row(str(row.iteration), row.task_id, row.task_type, row.source, row.status,
+                      Text(_fmt(row.reason)), _fmt(row.solve_rate), Text(first_line, no_wrap=True))
+    return table
+
+
+def _show_task(found: list[dict[str, Any]]) -> None:
+    for item in found:
+        task = item["task"]
+        status = run_info.task_status(task["accepted"], task["forced"])
+        console.print(Text(f"task {task['task_id']}  iteration {task['iteration']}  {task['task_type']}  "
+                           f"source {task['source']}  {status}  reason {_fmt(task['reason'])}  "
+                           f"complexity {_fmt(task['complexity'])}", style="bold"))
+        console.print(Syntax(task["program"] or "", "python", line_numbers=False))
+        fields = Table.grid(padding=(0, 2))
+        for key in ("input", "output", "inputs", "outputs", "shown", "message"):
+            value = task.get(key)
+            fields.add_row(key, Text(_fmt(list(value) if hasattr(value, "tolist") else value)))
+        console.print(fields)
+        for reward in item["rewards"]:
+            if reward["role"] == "propose":
+                console.print(Text("proposer reward " + "  ".join(
+                    f"{c} {_fmt(reward.get(c))}" for c in ("reward", "learnability", "diversity", "complexity", "advantage"))))
+        _print_solutions(item["solutions"], {r["sample"]: r for r in item["rewards"] if r["role"] == "solve"})
+
+
+def _print_solutions(solutions: list[dict[str, Any]], rewards: dict[int, dict[str, Any]]) -> None:
+    table = Table(title="solver rollouts")
+    for title in ("sample", "answer", "correct", "check", "reward", "advantage"):
+        table.add_column(title, overflow="fold")
+    for s in solutions:
+        r = rewards.get(s["sample"], {})
+        table.add_row(str(s["sample"]), Text(_fmt(s["answer"])), str(s["correct"]), s["check_status"],
+                      _fmt(r.get("reward")), _fmt(r.get("advantage")))
+    console.print(table)
+
+
+@app.command("tasks")
+def tasks_command(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory.")],
+    iteration: Annotated[Optional[int], typer.Option("--iteration", "-i", help="Only this iteration.")] = None,
+    task_type: Annotated[Optional[str], typer.Option("--type", "-t", help="abduction, deduction or induction.")] = None,
+    status: Annotated[Optional[str], typer.Option("--status", help="accepted, rejected or forced.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Most rows to print.")] = 50,
+    show: Annotated[Optional[str], typer.Option("--show", help="Print this task whole (program, I/O, answers, rewards).")] = None,
+) -> None:
+    """List a run's tasks as a table, or print one task whole with --show TASK_ID."""
+    run = RunDir(run_dir)
+    if not run.config_path.exists():
+        raise _fail(f"{run_dir}: not a run directory (no config.yaml)")
+    if task_type is not None and task_type not in TASK_TYPES:
+        raise _fail(f"--type {task_type!r}: expected one of {', '.join(TASK_TYPES)}")
+    if status is not None and status not in run_info.TASK_STATUSES:
+        raise _fail(f"--status {status!r}: expected one of {', '.join(run_info.TASK_STATUSES)}")
+    if show is not None:
+        found = run_info.task_detail(run, show, iteration=iteration)
+        if not found:
+            raise _fail(f"--show {show!r}: no such task in {run_dir}", code=1)
+        _show_task(found)
+        return
+    frame = run_info.task_table(run, iteration=iteration, task_type=task_type, status=status)
+    console.print(_task_rows_table(frame, limit))
+    if len(frame) > limit:
+        console.print(f"{len(frame) - limit} more; raise --limit to see them")
+
+
+def _check_server(api_url: str) -> None:
+    import httpx
+
+    try:
+        httpx.get(f"{api_url.rstrip('/')}/health", timeout=5).raise_for_status()
+    except httpx.HTTPError as exc:
+        raise _fail(f"no Prefect server answers at {api_url} ({exc}); start one with `prefect server start` "
+                    "or pass --api-url") from None
+
+
+@app.command("serve")
+def serve_command(
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    runs_dir: RunsDirOption = None,
+    name: Annotated[str, typer.Option("--name", help="Deployment name.")] = "azr",
+    api_url: Annotated[Optional[str], typer.Option("--api-url", help=f"Prefect server API [default: $PREFECT_API_URL or {DEFAULT_API_URL}].")] = None,
+) -> None:
+    """Put the training flow in the Prefect UI, the config as its form, and execute the runs started there.
+
+    The config given here is the form's default. Its run_name is cleared so that every run gets
+    its own directory (runs/azr-<timestamp>); set orchestration.run_name in the form to choose one.
+    """
+    cfg = resolve_config(config, set_)
+    root_dir = (runs_dir or Path(cfg.orchestration.runs_dir)).expanduser().resolve()
+    api_url = api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API_URL
+    _check_server(api_url)
+    prepare_environment(root_dir, api_url=api_url, quiet=False)
+    from flows.deploy import serve_deployment
+    from flows.training import with_location
+
+    cfg = with_location(cfg, root_dir)
+    cfg = cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(update={"run_name": None})})
+    console.print(f"serving deployment azr-run/{name} on {api_url}; open the UI, pick the deployment, press Run")
+    serve_deployment(cfg, name)
+
 
 if __name__ == "__main__":
     app()

@@ -1,0 +1,276 @@
+"""Reading run directories: where a run stands, its per-iteration metrics, its tasks.
+
+Pure reading helpers behind `azr runs`, `azr tasks`, the progress display of `azr run` and the
+MLflow metrics (azr.tracking). Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from azr.artifacts import ArtifactError, RunDir, manifest_path, read_json, read_manifest, read_table
+from azr.config import ConfigError, load_config
+
+# The steps of one iteration in order, each with the file whose manifest says it is done.
+STEPS: tuple[tuple[str, str], ...] = (
+    ("propose", "proposals.parquet"),
+    ("validate", "tasks.parquet"),
+    ("solve", "solutions.parquet"),
+    ("score", "rewards.parquet"),
+    ("train", "train.json"),
+    ("buffer", ""),  # buffer/iter-N.parquet, outside the iteration directory
+)
+REWARD_COMPONENTS = ("reward", "learnability", "diversity", "complexity", "format", "correctness")
+TASK_STATUSES = ("accepted", "rejected", "forced")
+KEY_METRICS = ("tasks/valid_rate", "solve_rate/all", "reward/solve/reward", "train/loss")
+
+
+def step_output(run: RunDir, iteration: int, step: str) -> Path:
+    """The file whose manifest marks ``step`` of ``iteration`` as done."""
+    if step == "buffer":
+        return run.buffer_path(iteration)
+    return run.stage_file(iteration, dict(STEPS)[step])
+
+
+def step_done(run: RunDir, iteration: int, step: str) -> bool:
+    return manifest_path(step_output(run, iteration, step)).exists()
+
+
+def iterations_done(run: RunDir) -> int:
+    """How many iterations, counted from 1, have every step done."""
+    n = 0
+    while all(step_done(run, n + 1, step) for step, _ in STEPS):
+        n += 1
+    return n
+
+
+def position(run: RunDir, num_iterations: int) -> tuple[int, str] | None:
+    """The first (iteration, step) not done yet; None when all ``num_iterations`` are done."""
+    for iteration in range(iterations_done(run) + 1, num_iterations + 1):
+        for step, _ in STEPS:
+            if not step_done(run, iteration, step):
+                return iteration, step
+    return None
+
+
+def _manifest_rows(path: Path) -> tuple[int, float]:
+    try:
+        manifest = read_manifest(path)
+    except ArtifactError:
+        return 0, 0.0
+    return int(manifest.get("rows") or 0), float(manifest.get("seconds") or 0.0)
+
+
+@dataclass
+class Progress:
+    """Counts for a progress display: generated samples so far and the latest step's rate."""
+
+    iterations_done: int
+    current: tuple[int, str] | None
+    samples: int = 0
+    last_step: str | None = None
+    last_rate: float | None = None  # rows per second of the latest finished generating step
+
+
+def progress(run: RunDir, num_iterations: int) -> Progress:
+    """Where a (possibly running) run stands, from its manifests only."""
+    result = Progress(iterations_done(run), position(run, num_iterations))
+    for iteration in run.iterations():
+        for step, name in (("propose", "proposals.parquet"), ("solve", "solutions.parquet")):
+            rows, seconds = _manifest_rows(run.stage_file(iteration, name))
+            if rows:
+                result.samples += rows
+                result.last_step = f"{step} {iteration}"
+                result.last_rate = rows / seconds if seconds > 0 else None
+    return result
+
+
+def _metric_key(text: str) -> str:
+    """A reason or type as an MLflow-safe metric name part."""
+    return re.sub(r"[^\w\-. /]", "_", str(text))[:60] or "unknown"
+
+
+def _mean(series: pd.Series) -> float | None:
+    value = pd.to_numeric(series, errors="coerce").mean()
+    return None if pd.isna(value) else float(value)
+
+
+def _proposal_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    metrics = {"proposals/count": len(frame), "proposals/parsed": int(frame["parsed"].sum())}
+    for task_type, count in frame["task_type"].value_counts().items():
+        metrics[f"proposals/{_metric_key(task_type)}"] = int(count)
+    return metrics
+
+
+def _task_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    proposed = frame[frame["source"] == "proposed"]
+    accepted = int(proposed["accepted"].sum())
+    metrics = {
+        "tasks/accepted": accepted,
+        "tasks/rejected": len(proposed) - accepted,
+        "tasks/forced": int(proposed["forced"].sum()),
+        "tasks/from_buffer": int((frame["source"] == "buffer").sum()),
+        "tasks/valid_rate": accepted / len(proposed) if len(proposed) else 0.0,
+    }
+    for reason, count in proposed.loc[~proposed["accepted"], "reason"].fillna("unknown").value_counts().items():
+        metrics[f"tasks/rejected/{_metric_key(reason)}"] = int(count)
+    return metrics
+
+
+def _solution_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    metrics = {"solve_rate/all": float(frame["correct"].mean()), "solutions/parsed": float(frame["parsed"].mean())}
+    for task_type, rate in frame.groupby("task_type")["correct"].mean().items():
+        metrics[f"solve_rate/{_metric_key(task_type)}"] = float(rate)
+    return metrics
+
+
+def _reward_metrics(frame: pd.DataFrame) -> dict[str, float]:
+    metrics = {}
+    for role, rows in frame.groupby("role"):
+        for component in REWARD_COMPONENTS:
+            if component in rows and (value := _mean(rows[component])) is not None:
+                metrics[f"reward/{role}/{component}"] = value
+    return metrics
+
+
+def _train_metrics(data: dict[str, Any]) -> dict[str, float]:
+    return {
+        f"train/{key}": float(value)
+        for key, value in data.items()
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    }
+
+
+def iteration_metrics(run: RunDir, iteration: int) -> dict[str, float]:
+    """Metrics of one iteration from its finished files (missing steps are left out).
+
+    Proposals by type, validity by reason, forced count, solve rate by type, reward means by
+    role and component, train.json's numbers, seconds per step and the buffer size.
+    """
+    readers = {
+        "proposals.parquet": _proposal_metrics,
+        "tasks.parquet": _task_metrics,
+        "solutions.parquet": _solution_metrics,
+        "rewards.parquet": _reward_metrics,
+    }
+    metrics: dict[str, float] = {}
+    for name, reader in readers.items():
+        path = run.stage_file(iteration, name)
+        if manifest_path(path).exists():
+            metrics.update(reader(read_table(path)))
+    train_json = run.stage_file(iteration, "train.json")
+    if manifest_path(train_json).exists():
+        metrics.update(_train_metrics(read_json(train_json)))
+    total = 0.0
+    for step, _ in STEPS:
+        path = step_output(run, iteration, step)
+        if manifest_path(path).exists():
+            rows, seconds = _manifest_rows(path)
+            metrics[f"seconds/{step}"] = seconds
+            total += seconds
+            if step == "buffer":
+                metrics["buffer/size"] = rows
+    metrics["seconds/iteration"] = total
+    return metrics
+
+
+@dataclass
+class RunSummary:
+    """One line of `azr runs`."""
+
+    name: str
+    root: Path
+    status: str  # finished | incomplete | new | unreadable
+    iterations_done: int
+    num_iterations: int
+    position: tuple[int, str] | None
+    metrics: dict[str, float] = field(default_factory=dict)  # KEY_METRICS of the last finished iteration
+
+
+def summarize_run(root: Path) -> RunSummary:
+    """Status, iterations done and key metrics of the run directory ``root``."""
+    run = RunDir(root)
+    try:
+        config = load_config(run.config_path)
+    except ConfigError:
+        return RunSummary(run.name, run.root, "unreadable", 0, 0, None)
+    done = iterations_done(run)
+    where = position(run, config.num_iterations)
+    status = "finished" if where is None else ("new" if where == (1, "propose") else "incomplete")
+    metrics = iteration_metrics(run, done) if done else {}
+    return RunSummary(run.name, run.root, status, done, config.num_iterations, where,
+                      {k: metrics[k] for k in KEY_METRICS if k in metrics})
+
+
+def list_runs(runs_dir: Path) -> list[RunSummary]:
+    """Every run directory (a folder with config.yaml) under ``runs_dir``, oldest first."""
+    roots = [p.parent for p in Path(runs_dir).glob("*/config.yaml")]
+    return [summarize_run(root) for root in sorted(roots, key=lambda p: p.stat().st_mtime)]
+
+
+def task_status(accepted: bool, forced: bool) -> str:
+    """One word per task: rejected, forced (accepted under force acceptance) or accepted."""
+    return "rejected" if not accepted else ("forced" if forced else "accepted")
+
+
+def _iteration_files(run: RunDir, name: str, iteration: int | None) -> list[Path]:
+    iterations = [iteration] if iteration is not None else run.iterations()
+    return [p for i in iterations if manifest_path(p := run.stage_file(i, name)).exists()]
+
+
+def _concat(paths: list[Path]) -> pd.DataFrame:
+    frames = [read_table(p) for p in paths]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def task_table(
+    run: RunDir, *, iteration: int | None = None, task_type: str | None = None, status: str | None = None
+) -> pd.DataFrame:
+    """Tasks of a run (all iterations, or one) with their status and Monte Carlo solve rate."""
+    if status is not None and status not in TASK_STATUSES:
+        raise ValueError(f"status {status!r}: expected one of {', '.join(TASK_STATUSES)}")
+    columns = ["iteration", "task_id", "task_type", "source", "status", "reason", "solve_rate", "program"]
+    tasks = _concat(_iteration_files(run, "tasks.parquet", iteration))
+    if tasks.empty:
+        return pd.DataFrame(columns=columns)
+    tasks["status"] = [task_status(a, f) for a, f in zip(tasks["accepted"], tasks["forced"])]
+    solutions = _concat(_iteration_files(run, "solutions.parquet", iteration))
+    rates = solutions.groupby(["iteration", "task_id"])["correct"].mean() if not solutions.empty else pd.Series(dtype=float)
+    tasks["solve_rate"] = [rates.get((i, t)) for i, t in zip(tasks["iteration"], tasks["task_id"])]
+    if task_type is not None:
+        tasks = tasks[tasks["task_type"] == task_type]
+    if status is not None:
+        tasks = tasks[tasks["status"] == status]
+    return tasks[columns].reset_index(drop=True)
+
+
+def task_detail(run: RunDir, task_id: str, *, iteration: int | None = None) -> list[dict[str, Any]]:
+    """Everything about one task, once per iteration it appears in: the task row, its proposal,
+    the solver rollouts and the reward rows (proposer and solver)."""
+    found = []
+    for path in _iteration_files(run, "tasks.parquet", iteration):
+        tasks = read_table(path)
+        match = tasks[tasks["task_id"] == task_id]
+        if match.empty:
+            continue
+        n = int(match["iteration"].iloc[0])
+        found.append({
+            "task": match.iloc[0].to_dict(),
+            "proposal": _rows_for(run.stage_file(n, "proposals.parquet"), task_id),
+            "solutions": _rows_for(run.stage_file(n, "solutions.parquet"), task_id),
+            "rewards": _rows_for(run.stage_file(n, "rewards.parquet"), task_id),
+        })
+    return found
+
+
+def _rows_for(path: Path, task_id: str) -> list[dict[str, Any]]:
+    if not manifest_path(path).exists():
+        return []
+    frame = read_table(path)
+    return frame[frame["task_id"] == task_id].to_dict("records")

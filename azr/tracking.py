@@ -1,0 +1,126 @@
+"""MLflow tracking: one MLflow run per training run, metrics per iteration with step = iteration.
+
+The MLflow run id is kept in the run directory (``mlflow_run_id``), so a resumed run logs into
+the same MLflow run. Metrics come from the run directory's files (azr.runs.iteration_metrics),
+so what MLflow shows is what the Parquet files say. Logging an iteration is idempotent: the
+``iteration`` metric is written last and marks the iteration as logged.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from azr.artifacts import RunDir, manifest_path
+from azr.config import AZRConfig
+from azr.runs import iteration_metrics
+
+RUN_ID_FILE = "mlflow_run_id"
+MARKER_METRIC = "iteration"
+FLOW_RUN_TAG = "prefect.flow_run_id"
+_ARTIFACT_FILES = ("proposals.parquet", "tasks.parquet", "solutions.parquet", "rewards.parquet", "train.json")
+
+
+def tracking_uri(config: AZRConfig, runs_dir: Path) -> str:
+    """The configured tracking URI, or SQLite at ``<runs_dir>/mlflow.db``."""
+    if config.tracking.mlflow_tracking_uri:
+        return config.tracking.mlflow_tracking_uri
+    return f"sqlite:///{Path(runs_dir).expanduser().resolve() / 'mlflow.db'}"
+
+
+def ui_command(config: AZRConfig, runs_dir: Path) -> str:
+    """The command that opens the MLflow UI on this run's tracking store."""
+    return f"mlflow ui --backend-store-uri {tracking_uri(config, runs_dir)}"
+
+
+def _client(config: AZRConfig, run: RunDir):
+    from mlflow import MlflowClient  # imported here: mlflow takes a second to import
+
+    return MlflowClient(tracking_uri=tracking_uri(config, run.root.parent))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config mapping -> {"section.key": "value"} (MLflow params are strings)."""
+    flat: dict[str, str] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def _experiment_id(client, config: AZRConfig, runs_dir: Path) -> str:
+    experiment = client.get_experiment_by_name(config.tracking.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    # With the default SQLite store, artifacts sit next to it rather than in the working directory.
+    location = None if config.tracking.mlflow_tracking_uri else (runs_dir / "mlartifacts").resolve().as_uri()
+    return client.create_experiment(config.tracking.experiment, artifact_location=location)
+
+
+def start_run(config: AZRConfig, run: RunDir, flow_run_id: str | None = None) -> str:
+    """Open (or reopen, on resume) the MLflow run of ``run``; returns its id.
+
+    A new MLflow run gets the flattened config as params. Either way it is marked running and
+    tagged with the Prefect flow-run id.
+    """
+    from mlflow.entities import Param, RunTag
+
+    client = _client(config, run)
+    id_file = run.root / RUN_ID_FILE
+    tags = [RunTag("azr.run_dir", str(run.root))]
+    if flow_run_id:
+        tags.append(RunTag(FLOW_RUN_TAG, flow_run_id))
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+        client.update_run(run_id, status="RUNNING")
+    else:
+        experiment_id = _experiment_id(client, config, run.root.parent)
+        run_id = client.create_run(experiment_id, run_name=run.name).info.run_id
+        params = [Param(k, v) for k, v in flatten(config.model_dump(mode="json")).items()]
+        for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
+            client.log_batch(run_id, params=params[start:start + 100])
+        id_file.write_text(run_id + "\n")
+    client.log_batch(run_id, tags=tags)
+    return run_id
+
+
+def iteration_logged(config: AZRConfig, run: RunDir, iteration: int) -> bool:
+    """True when ``iteration`` is already in the MLflow run (its marker metric exists)."""
+    run_id = (run.root / RUN_ID_FILE).read_text().strip()
+    history = _client(config, run).get_metric_history(run_id, MARKER_METRIC)
+    return any(m.step == iteration for m in history)
+
+
+def log_iteration(config: AZRConfig, run: RunDir, iteration: int) -> dict[str, float]:
+    """Log one finished iteration's metrics (step = iteration) and, if enabled, its files as
+    artifacts under ``iter-NNNN/``. Does nothing when the iteration is already logged."""
+    from mlflow.entities import Metric
+
+    if iteration_logged(config, run, iteration):
+        return {}
+    client = _client(config, run)
+    run_id = (run.root / RUN_ID_FILE).read_text().strip()
+    metrics = iteration_metrics(run, iteration)
+    if config.tracking.log_artifacts:
+        folder = run.iteration_dir(iteration).name
+        for name in _ARTIFACT_FILES:
+            path = run.stage_file(iteration, name)
+            if manifest_path(path).exists():
+                client.log_artifact(run_id, str(path), artifact_path=folder)
+        client.log_artifact(run_id, str(run.buffer_path(iteration)), artifact_path="buffer")
+    now = int(time.time() * 1000)
+    entries = [Metric(key, float(value), now, iteration) for key, value in metrics.items()]
+    for start in range(0, len(entries), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=entries[start:start + 1000])
+    client.log_metric(run_id, MARKER_METRIC, iteration, timestamp=now, step=iteration)
+    return metrics
+
+
+def end_run(config: AZRConfig, run: RunDir, status: str = "FINISHED") -> None:
+    """Mark the MLflow run FINISHED or FAILED (a killed process leaves it RUNNING until resumed)."""
+    run_id = (run.root / RUN_ID_FILE).read_text().strip()
+    _client(config, run).set_terminated(run_id, status=status)

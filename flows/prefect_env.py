@@ -1,0 +1,50 @@
+"""Environment for Prefect and MLflow, set before either is imported.
+
+Prefect reads its settings once, at import, so every command that runs a flow calls
+`prepare_environment` first and imports `flows.training` after it. Values the user already set
+in the environment win (``os.environ.setdefault``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+OFFLINE_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+}
+
+# Lines a normal run prints that say nothing about the run: the ephemeral server starting and
+# stopping, and MLflow creating its SQLite tables on first use.
+_NOISE_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
+
+
+def prefect_home(runs_dir: Path) -> Path:
+    """Where Prefect keeps its database and files for runs under ``runs_dir``."""
+    return Path(runs_dir).expanduser().resolve() / ".prefect"
+
+
+def prepare_environment(runs_dir: Path, *, api_url: str | None = None, quiet: bool = True) -> None:
+    """Offline defaults, PREFECT_HOME under ``runs_dir``, and (quiet) Prefect's console at WARNING.
+
+    Without PREFECT_API_URL Prefect starts its local ephemeral server (nothing to run first).
+    ``quiet`` keeps Prefect's per-task INFO lines (and the ephemeral server's start/stop lines) and
+    the weight-loading progress bars off the console, where `azr run` shows its own progress;
+    Prefect's lines still reach the Prefect API.
+    """
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", str(prefect_home(runs_dir)))
+    Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
+    if api_url:
+        os.environ["PREFECT_API_URL"] = api_url
+    if quiet:
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-stage weight-loading bars
+    for name in _NOISE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

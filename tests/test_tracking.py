@@ -1,0 +1,88 @@
+"""MLflow tracking of a finished smoke run, read back with the MLflow client."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from mlflow import MlflowClient
+
+from azr.artifacts import RunDir
+from azr.config import AZRConfig, load_config
+from azr.runs import iteration_metrics
+from azr.tracking import flatten, tracking_uri, ui_command
+
+
+def test_flatten_gives_dotted_string_params():
+    flat = flatten(AZRConfig().model_dump(mode="json"))
+    assert flat["model.lora.r"] == "16"
+    assert flat["num_iterations"] == "100"
+    assert flat["tracking.mlflow_tracking_uri"] == "None"
+    assert not any(isinstance(v, dict) for v in flat.values())
+
+
+def test_default_store_is_sqlite_under_the_runs_dir(tmp_path):
+    assert tracking_uri(AZRConfig(), tmp_path) == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    custom = AZRConfig.model_validate({"tracking": {"mlflow_tracking_uri": "http://mlflow:5000"}})
+    assert tracking_uri(custom, tmp_path) == "http://mlflow:5000"
+    assert ui_command(AZRConfig(), tmp_path) == f"mlflow ui --backend-store-uri sqlite:///{tmp_path.resolve()}/mlflow.db"
+
+
+@pytest.fixture(scope="module")
+def logged(smoke_run):
+    _, root = smoke_run
+    run = RunDir(root)
+    client = MlflowClient(tracking_uri=f"sqlite:///{root.parent / 'mlflow.db'}")
+    run_id = (root / "mlflow_run_id").read_text().strip()
+    return run, client, client.get_run(run_id)
+
+
+def test_one_finished_mlflow_run_in_the_configured_experiment(logged):
+    run, client, mlflow_run = logged
+    experiment = client.get_experiment(mlflow_run.info.experiment_id)
+    assert experiment.name == load_config(run.config_path).tracking.experiment
+    assert mlflow_run.info.status == "FINISHED"
+    assert mlflow_run.info.run_name == "smoke"
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    uuid.UUID(mlflow_run.data.tags["prefect.flow_run_id"])  # the Prefect flow run that produced it
+
+
+def test_params_are_the_flattened_config(logged):
+    run, _, mlflow_run = logged
+    assert mlflow_run.data.params == flatten(load_config(run.config_path).model_dump(mode="json"))
+    assert mlflow_run.data.params["model.name_or_path"] == "tiny-random"
+
+
+def test_metrics_per_iteration_match_the_run_files(logged):
+    run, client, mlflow_run = logged
+    run_id = mlflow_run.info.run_id
+    for iteration in (1, 2):
+        expected = iteration_metrics(run, iteration)
+        for key in ("proposals/count", "tasks/accepted", "tasks/forced", "solve_rate/all", "reward/propose/reward",
+                    "reward/solve/correctness", "train/loss", "train/entropy", "train/grad_norm",
+                    "train/tokens_per_second", "seconds/propose", "seconds/solve", "seconds/train"):
+            history = {m.step: m.value for m in client.get_metric_history(run_id, key)}
+            assert history[iteration] == pytest.approx(expected[key]), key
+    steps = [m.step for m in client.get_metric_history(run_id, "iteration")]
+    assert steps == [1, 2]  # each iteration logged exactly once
+    names = set(mlflow_run.data.metrics)
+    assert any(n.startswith("proposals/") and n.split("/")[1] in ("abduction", "deduction", "induction") for n in names)
+    assert any(n.startswith("solve_rate/") and n != "solve_rate/all" for n in names)
+
+
+def test_forced_count_follows_force_acceptance(logged):
+    """smoke.yaml forces acceptance in iteration 1 only; the logged counts say so."""
+    run, client, mlflow_run = logged
+    forced = {m.step: m.value for m in client.get_metric_history(mlflow_run.info.run_id, "tasks/forced")}
+    accepted = {m.step: m.value for m in client.get_metric_history(mlflow_run.info.run_id, "tasks/accepted")}
+    assert forced[1] == accepted[1]
+    assert forced[2] == 0
+
+
+def test_parquet_files_and_train_json_are_artifacts(logged):
+    _, client, mlflow_run = logged
+    run_id = mlflow_run.info.run_id
+    for iteration in ("iter-0001", "iter-0002"):
+        names = {f.path.split("/")[-1] for f in client.list_artifacts(run_id, iteration)}
+        assert names == {"proposals.parquet", "tasks.parquet", "solutions.parquet", "rewards.parquet", "train.json"}
+    assert {f.path for f in client.list_artifacts(run_id, "buffer")} == {"buffer/iter-0001.parquet", "buffer/iter-0002.parquet"}
