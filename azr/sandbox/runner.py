@@ -11,16 +11,25 @@ Protocol, JSON lines on stdin/stdout:
 A line the runner cannot use gets {"id": <id or null>, "status": "malformed", "error": "..."} and the
 runner goes on serving. Every job runs in a fresh forked child with CPU-time, address-space,
 file-size, open-file and process limits and a wall-clock kill; at most `slots` children run at once.
+
+Processes: the server (this process: protocol, deadlines, answers) forks one zygote at start; the
+zygote forks a child per job and touches almost nothing else, so a child costs little more than a
+fork. Each child writes its result to its own pipe, read by the server. A zygote killed by a
+program is replaced; the programs it was running come back as `killed`.
 """
 
 import ast
 import builtins
 import collections
 import json
+import marshal
 import os
 import resource
+import select
 import selectors
 import signal
+import socket
+import struct
 import sys
 import time
 
@@ -51,6 +60,7 @@ ORPHAN_SCAN_SECONDS = 1.0
 _repr, _eval, _compile, _exec, _type, _len, _dict, _id, _set = repr, eval, compile, exec, type, len, dict, id, set
 _BaseException, _MemoryError, _SyntaxError = BaseException, MemoryError, SyntaxError
 _dumps, _write, _exit = json.JSONEncoder(ensure_ascii=False).encode, os.write, os._exit
+_loads, _marshal_dumps = marshal.loads, marshal.dumps  # server -> child only: the job is ours, not the program's
 _BUILTINS = _dict(builtins.__dict__)
 _PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset})
 _CONTAINERS = frozenset({list, tuple, set, frozenset})
@@ -78,20 +88,26 @@ class BannedImport(ImportError):
 # ---------------------------------------------------------------- inside the child
 
 
-def program_globals(banned, hits):
-    """Fresh globals with a private copy of builtins whose __import__ refuses banned modules."""
-    real_import = _BUILTINS["__import__"]
-    banned = frozenset(banned)
+_devnull = None  # opened once by the zygote
+_banned = frozenset()  # set in each child, before the program runs
+_hits = []  # banned imports the program attempted, even ones it caught
 
-    def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
-        if level == 0 and name.partition(".")[0] in banned:
-            hits.append(name)
-            raise BannedImport(f"import of banned module {name!r}")
-        return real_import(name, globals, locals, fromlist, level)
 
-    scope = _dict(_BUILTINS)
-    scope["__import__"] = guarded_import
-    return {"__builtins__": scope, "__name__": "__main__"}
+def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
+    if level == 0 and name.partition(".")[0] in _banned:
+        _hits.append(name)
+        raise BannedImport(f"import of banned module {name!r}")
+    return _real_import(name, globals, locals, fromlist, level)
+
+
+_real_import = _BUILTINS["__import__"]
+# One builtins dict for programs, made once: each child is a fresh fork, so what a program does to
+# it never reaches another program, and no child pays for copying it.
+_PROGRAM_BUILTINS = {**_BUILTINS, "__import__": guarded_import}
+
+
+def program_globals():
+    return {"__builtins__": _PROGRAM_BUILTINS, "__name__": "__main__"}
 
 
 def load_program(source, scope):
@@ -222,27 +238,38 @@ def run_induction(job, scope, limit):
 RUNNERS = {"validate": run_validate, "deduction": run_deduction, "abduction": run_abduction, "induction": run_induction}
 
 
-def limit_child(config):
+def limit_zygote(config):
+    """Limits every child inherits, set once: address space, file size, open files, no core, the user."""
     mb = 1024 * 1024
-    cpu = int(config["cpu_seconds"])
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_AS, (config["memory_mb"] * mb, config["memory_mb"] * mb))
     resource.setrlimit(resource.RLIMIT_FSIZE, (config["file_size_mb"] * mb, config["file_size_mb"] * mb))
     resource.setrlimit(resource.RLIMIT_NOFILE, (config["open_files"], config["open_files"]))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if config["child_uid"] is not None:
-        os.setgroups([])
-        os.setgid(config["child_uid"])
-        os.setuid(config["child_uid"])
-    resource.setrlimit(resource.RLIMIT_NPROC, (config["processes"], config["processes"]))
-    if config["parent_death_signal"] and _libc is not None:
-        _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (after setuid, which clears it)
-    try:  # the kernel's OOM killer takes children before the runner
+    try:  # the kernel's OOM killer takes the zygote and its children before the server
         fd = os.open("/proc/self/oom_score_adj", os.O_WRONLY)
         os.write(fd, b"1000")
         os.close(fd)
     except OSError:
         pass
+    if config["parent_death_signal"] and _libc is not None:
+        _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the server
+
+
+def limit_child(config):
+    """Per-process limits (CPU time, processes: RLIMIT_NPROC counts the whole user) and the user.
+
+    Children of a root runner (process backend) become child_uid here, so they can signal neither
+    the zygote nor the server.
+    """
+    if config["child_uid"] is not None:
+        os.setgroups([])
+        os.setgid(config["child_uid"])
+        os.setuid(config["child_uid"])
+    cpu = int(config["cpu_seconds"])
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_NPROC, (config["processes"], config["processes"]))
+    if config["parent_death_signal"] and _libc is not None:
+        _libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: die with the zygote
 
 
 FIELD_SEPARATOR = "\0"
@@ -273,22 +300,25 @@ def decode_result(data):
 STATUSES = {"ok", "error", "timeout", "memory", "killed", "banned", "syntax", "nondeterministic", "bad_output", "malformed"}
 
 
-def child_main(job, scope, hits, config):
-    """Runs in the forked child, writes the result on fd 3; the caller must _exit whatever happens."""
+def child_main(payload, result_fd, config):
+    """Runs in a child forked by the zygote, writes the result on fd 3; the caller must _exit whatever happens."""
+    global _banned
     try:
         os.setpgid(0, 0)
-        devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
-            os.dup2(devnull, fd)
-        os.closerange(4, 1 << 20)
+            os.dup2(_devnull, fd)
+        os.dup2(result_fd, 3)  # after the devnull copies: devnull itself may be fd 3
+        os.closerange(4, 1 << 20)  # the zygote's socket and other children's descriptors included
         limit_child(config)
         if config["workdir"]:
             os.chdir(config["workdir"])
+        job = _loads(payload)
+        _banned = frozenset(job["banned"])
     except BaseException as exc:  # cannot set up the limits: refuse to run the program
         _write(3, encode_result("killed", "", f"sandbox setup failed: {exc!r}"))
         return
     try:
-        answer = RUNNERS[job["kind"]](job, scope, config["max_output_chars"])
+        answer = RUNNERS[job["kind"]](job, program_globals(), config["max_output_chars"])
         if "correct" in answer:
             data = encode_result("ok", correct="1" if answer["correct"] else "0")
         else:
@@ -303,36 +333,125 @@ def child_main(job, scope, hits, config):
         except _BaseException:
             message = _type(exc).__name__
         data = encode_result("error", _type(exc).__name__, message)
-    if hits:  # even when the program caught the ImportError
-        data = encode_result("banned", "ImportError", f"imports banned module {hits[0]!r}")
+    if _hits:  # even when the program caught the ImportError
+        data = encode_result("banned", "ImportError", f"imports banned module {_hits[0]!r}")
     view = memoryview(data)
     while view:
         view = view[_write(3, view) :]
 
 
-# ---------------------------------------------------------------- the fork server
+# ---------------------------------------------------------------- the zygote: forks children, nothing else
+#
+# Forking from the server itself would make every page the server touches between forks a
+# copy-on-write fault; the zygote touches almost nothing, so a child costs little more than fork+exit.
+# Server -> zygote: one SEQPACKET message per job (sequence number + marshalled job) carrying the
+# write end of the job's result pipe. Zygote -> server: EVENT records (started / exited).
+
+EVENT = struct.Struct("<qqqdq")  # kind (1 started, 2 exited), sequence, pid or wait status, cpu seconds, max RSS KiB
+HEADER = struct.Struct("<q")
+MAX_JOB_BYTES = 150_000  # one SEQPACKET message (the default socket buffer is about 200 KiB)
+
+
+def zygote_main(control, config):
+    """Fork a child per job message; report starts and exits; kill processes that escape."""
+    global _devnull
+    _devnull = os.open(os.devnull, os.O_RDWR)
+    limit_zygote(config)
+    if _libc is not None:
+        _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: escaped grandchildren are re-parented to us
+    poller = select.poll()
+    poller.register(control, select.POLLIN)
+    running = {}  # pid -> (sequence, pidfd)
+    last_scan, dirty = time.monotonic(), False
+    while True:
+        timeout = max(0.0, last_scan + ORPHAN_SCAN_SECONDS - time.monotonic()) * 1000 if dirty else None
+        for fd, _ in poller.poll(timeout):
+            if fd == control.fileno():
+                message, fds, _, _ = socket.recv_fds(control, MAX_JOB_BYTES + 64, 1)
+                if not message:
+                    _exit(0)  # the server is gone
+                (sequence,) = HEADER.unpack_from(message)
+                pid = os.fork()
+                if pid == 0:
+                    try:
+                        child_main(message[HEADER.size :], fds[0], config)
+                    finally:
+                        _exit(0)  # never fall back into the zygote loop
+                os.close(fds[0])
+                pidfd = os.pidfd_open(pid)
+                running[pid] = (sequence, pidfd)
+                poller.register(pidfd, select.POLLIN)
+                control.send(EVENT.pack(1, sequence, pid, 0.0, 0))
+                dirty = True
+        reap(running, poller, control)
+        if dirty and time.monotonic() - last_scan >= ORPHAN_SCAN_SECONDS:
+            last_scan, dirty = time.monotonic(), kill_orphans(running)
+
+
+def reap(running, poller, control):
+    while True:
+        try:
+            pid, status_code, usage = os.wait4(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        if pid not in running:
+            continue  # an orphaned grandchild we adopted
+        sequence, pidfd = running.pop(pid)
+        poller.unregister(pidfd)
+        os.close(pidfd)
+        kill_group(pid)
+        control.send(EVENT.pack(2, sequence, status_code, usage.ru_utime + usage.ru_stime, usage.ru_maxrss))
+
+
+def kill_orphans(running):
+    """Kill processes that escaped a child's process group and were re-parented to us; True if any."""
+    me, found = os.getpid(), False
+    try:
+        pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return False
+    for pid in pids:
+        if pid == me or pid in running:
+            continue
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as fh:
+                ppid = int(fh.read().rpartition(b")")[2].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me:
+            found = True  # scan (and reap) again until it is gone
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    return found
+
+
+# ---------------------------------------------------------------- the server: protocol, deadlines, answers
 
 
 class Child:
-    def __init__(self, job, pid, fd, pidfd, deadline):
-        self.job, self.pid, self.fd, self.pidfd, self.deadline = job, pid, fd, pidfd, deadline
+    def __init__(self, job, fd, deadline):
+        self.job, self.fd, self.deadline = job, fd, deadline
+        self.pid = None
         self.data = bytearray()
         self.started = time.monotonic()
         self.timed_out = False
 
 
-def child_verdict(child, status_code, usage, config):
+def child_verdict(child, status_code, cpu, maxrss_kb, config):
     """The job's answer from what the child wrote and how it ended."""
     if child.timed_out:
         return {"status": "timeout", "error": f"wall-clock limit of {config['timeout_seconds']} s reached"}
     if os.WIFSIGNALED(status_code):
         sig = os.WTERMSIG(status_code)
-        cpu = usage.ru_utime + usage.ru_stime
         if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= config["cpu_seconds"]):
             return {"status": "timeout", "error": f"CPU-time limit of {config['cpu_seconds']} s reached"}
         if sig == signal.SIGXFSZ:
             return {"status": "error", "error": f"file-size limit of {config['file_size_mb']} MiB reached", "error_type": "SIGXFSZ"}
-        if sig == signal.SIGKILL and usage.ru_maxrss * 1024 >= 0.9 * config["memory_mb"] * 1024 * 1024:
+        if sig == signal.SIGKILL and maxrss_kb * 1024 >= 0.9 * config["memory_mb"] * 1024 * 1024:
             return {"status": "memory", "error": "killed near the memory limit"}
         return {"status": "killed", "error": f"killed by signal {signal.Signals(sig).name}"}
     result = decode_result(bytes(child.data)) if child.data else None
@@ -359,21 +478,60 @@ def job_error(line):
 
 
 class Server:
-    """Reads jobs from stdin, runs each in a forked child, writes answers to stdout."""
+    """Reads jobs from stdin, has the zygote run each in a forked child, writes answers to stdout."""
 
     def __init__(self, config):
         self.config = config
         self.selector = selectors.DefaultSelector()
         self.queue = collections.deque()
-        self.children = {}
+        self.children = {}  # sequence -> Child
+        self.sequence = 0
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.stdin_open = True
-        self.last_scan = time.monotonic()
-        self.forked_since_scan = False
         os.set_blocking(0, False)
         os.set_blocking(1, False)
         self.selector.register(0, selectors.EVENT_READ, "stdin")
+        self.spawn_zygote()
+
+    def spawn_zygote(self):
+        server_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.zygote = os.fork()
+        if self.zygote == 0:
+            server_end.close()
+            try:
+                zygote_main(zygote_end, self.config)
+            finally:
+                _exit(0)
+        zygote_end.close()
+        self.control = server_end
+        self.selector.register(server_end, selectors.EVENT_READ, "zygote")
+
+    def zygote_died(self):
+        """A program killed the zygote (it shares the children's user in a container): fail what ran, start another."""
+        for child in self.children.values():
+            if child.pid:
+                kill_group(child.pid)
+            if child.fd is not None:
+                self.close_pipe(child)
+            self.send({"id": child.job.get("id"), "status": "killed", "error": "the sandbox zygote was killed while this program ran (by a program running beside it)", "seconds": 0.0})
+        self.children.clear()
+        self.stop_zygote()
+        self.spawn_zygote()
+
+    def stop_zygote(self):
+        self.selector.unregister(self.control)
+        self.control.close()  # a live zygote sees EOF and exits
+        try:
+            os.waitpid(self.zygote, 0)
+        except ChildProcessError:
+            pass
+        while True:  # orphans re-parented to us (we are PID 1 in a container)
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
 
     def send(self, message):
         self.outbuf += _dumps(message).encode("utf-8", "surrogatepass") + b"\n"
@@ -427,6 +585,8 @@ class Server:
             self.send({"id": None, "status": "malformed", "error": "request must be a JSON object"})
             return
         problem = job_error(job)
+        if problem is None and len(line) > MAX_JOB_BYTES:
+            problem = f"job is {len(line)} bytes; the limit is {MAX_JOB_BYTES}"
         if problem:
             self.send({"id": job.get("id"), "status": "malformed", "error": problem})
             return
@@ -435,32 +595,21 @@ class Server:
     def start_children(self):
         while self.queue and len(self.children) < self.config["slots"]:
             job = self.queue.popleft()
-            hits = []
-            scope = program_globals(job["banned"], hits)  # built before fork: the child copies fewer pages
             read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+            self.sequence += 1
+            payload = HEADER.pack(self.sequence) + _marshal_dumps(job)
             try:
-                pid = os.fork()
-            except OSError as exc:
+                socket.send_fds(self.control, [payload], [write_fd])
+            except OSError:  # the zygote is dead: its EOF is next; this job waits for the new one
                 os.close(read_fd), os.close(write_fd)
-                self.send({"id": job.get("id"), "status": "killed", "error": f"cannot fork: {exc}"})
-                continue
-            if pid == 0:
-                try:
-                    os.dup2(write_fd, 3)
-                    child_main(job, scope, hits, self.config)
-                finally:
-                    _exit(0)  # never fall back into the server loop
+                self.queue.appendleft(job)
+                self.sequence -= 1
+                return
             os.close(write_fd)
-            try:
-                os.setpgid(pid, pid)
-            except OSError:
-                pass
             os.set_blocking(read_fd, False)
-            child = Child(job, pid, read_fd, os.pidfd_open(pid), time.monotonic() + self.config["timeout_seconds"])
-            self.children[pid] = child
+            child = Child(job, read_fd, time.monotonic() + self.config["timeout_seconds"])
+            self.children[self.sequence] = child
             self.selector.register(read_fd, selectors.EVENT_READ, child)
-            self.selector.register(child.pidfd, selectors.EVENT_READ, "exit")
-            self.forked_since_scan = True
 
     def drain(self, child):
         while child.fd is not None:
@@ -469,75 +618,56 @@ class Server:
             except BlockingIOError:
                 return
             if not data:
-                self.selector.unregister(child.fd)
-                os.close(child.fd)
-                child.fd = None
+                self.close_pipe(child)
                 return
             child.data += data
             if len(child.data) > 4 * self.config["max_output_chars"] + 65536:
                 child.data.clear()  # more than any result can be: the program is writing junk
-                kill_group(child.pid)
+                if child.pid:
+                    kill_group(child.pid)
 
-    def reap(self):
-        while True:
-            try:
-                pid, status_code, usage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            child = self.children.pop(pid, None)
-            if child is None:
-                continue  # an orphaned grandchild we adopted
-            kill_group(pid)
-            self.drain(child)
-            if child.fd is not None:
-                self.selector.unregister(child.fd)
-                os.close(child.fd)
-            self.selector.unregister(child.pidfd)
-            os.close(child.pidfd)
-            verdict = child_verdict(child, status_code, usage, self.config)
-            verdict["seconds"] = round(time.monotonic() - child.started, 6)
-            self.send({"id": child.job.get("id"), **verdict})
+    def close_pipe(self, child):
+        self.selector.unregister(child.fd)
+        os.close(child.fd)
+        child.fd = None
+
+    def zygote_event(self):
+        try:
+            message = self.control.recv(EVENT.size)
+        except BlockingIOError:
+            return
+        except OSError:
+            message = b""
+        if not message:
+            self.zygote_died()
+            return
+        kind, sequence, value, cpu, maxrss = EVENT.unpack(message)
+        child = self.children.get(sequence)
+        if child is None:
+            return
+        if kind == 1:
+            child.pid = value
+            return
+        del self.children[sequence]
+        self.drain(child)
+        if child.fd is not None:
+            self.close_pipe(child)
+        verdict = child_verdict(child, value, cpu, maxrss, self.config)
+        verdict["seconds"] = round(time.monotonic() - child.started, 6)
+        self.send({"id": child.job.get("id"), **verdict})
 
     def enforce_deadlines(self):
         now = time.monotonic()
         for child in self.children.values():
-            if not child.timed_out and now >= child.deadline:
+            if not child.timed_out and now >= child.deadline and child.pid:
                 child.timed_out = True
                 kill_group(child.pid)
 
-    def kill_orphans(self):
-        """Kill processes that escaped a child's process group and were re-parented to us."""
-        self.last_scan = time.monotonic()
-        self.forked_since_scan = False
-        me = os.getpid()
-        try:
-            pids = [int(name) for name in os.listdir("/proc") if name.isdigit()]
-        except OSError:
-            return
-        for pid in pids:
-            if pid == me or pid in self.children:
-                continue
-            try:
-                with open(f"/proc/{pid}/stat", "rb") as fh:
-                    ppid = int(fh.read().rpartition(b")")[2].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            if ppid == me:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
-                self.forked_since_scan = True  # scan (and reap) again until it is gone
-
     def timeout(self):
-        """Seconds until the next deadline or orphan scan; None to wait for input."""
+        """Seconds until the next deadline; None to wait for input."""
         waits = [c.deadline - time.monotonic() for c in self.children.values() if not c.timed_out]
         if self.children and not waits:
-            waits.append(0.05)  # killed children not reaped yet
-        if self.forked_since_scan:
-            waits.append(self.last_scan + ORPHAN_SCAN_SECONDS - time.monotonic())
+            return 0.05  # killed children not reported yet
         return max(0.0, min(waits)) if waits else None
 
     def serve(self):
@@ -549,13 +679,11 @@ class Server:
                     self.read_stdin()
                 elif key.data == "stdout":
                     self.flush()
-                elif key.data != "exit":
+                elif key.data == "zygote":
+                    self.zygote_event()
+                else:
                     self.drain(key.data)
-            self.reap()
             self.enforce_deadlines()
-            if self.forked_since_scan and time.monotonic() - self.last_scan > ORPHAN_SCAN_SECONDS:
-                self.kill_orphans()
-                self.reap()
         os.set_blocking(1, True)
         self.flush()
 
@@ -611,8 +739,6 @@ def main():
     ensure_fixed_hash_seed()
     config, rest = read_config()
     network = unshare_network() if config["unshare_net"] else None
-    if _libc is not None:
-        _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: escaped grandchildren become ours to kill
     import gc
 
     gc.collect()
@@ -622,6 +748,7 @@ def main():
     server.send({"hello": {"python": sys.version.split()[0], "pid": os.getpid(), "uid": os.getuid(), "network": network}})
     server.accept_lines()
     server.serve()
+    server.stop_zygote()
 
 
 if __name__ == "__main__":
