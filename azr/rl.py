@@ -165,10 +165,11 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     ordered = sorted(samples, key=lambda s: len(s.prompt_ids) + len(s.response_ids), reverse=True)
     sums = {"loss": 0.0, "pg_loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_fraction": 0.0}
 
+    device = next(model.parameters()).device
     model.train()
     optimizer.zero_grad(set_to_none=True)
     for start in range(0, len(ordered), cfg.micro_batch_size):
-        batch = collate(ordered[start:start + cfg.micro_batch_size])
+        batch = {k: v.to(device) for k, v in collate(ordered[start:start + cfg.micro_batch_size]).items()}
         mask = batch["response_mask"]
         logprobs, entropy = response_logprobs(model, batch)
         pg, clipped = policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], cfg.clip_ratio)
