@@ -31,6 +31,8 @@ def run_variant(args: argparse.Namespace) -> dict:
     from azr.checkpoint import load_policy
     from azr.config import ModelConfig, TrainingConfig
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model_config = ModelConfig(name_or_path=args.model, **VARIANTS[args.variant])
     model, _ = load_policy(model_config, trainable=True)
     if model_config.gradient_checkpointing:
@@ -67,6 +69,8 @@ def main() -> None:
     parser.add_argument("--response-tokens", type=int, default=128)
     parser.add_argument("--micro-batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=2, help="Timed updates after one warm-up update.")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch CPU threads (0: torch's default). On a busy machine 1 thread avoids OpenMP oversubscription.")
     parser.add_argument("--variants", default="full,lora,full+gc", help="Comma-separated: " + ", ".join(VARIANTS))
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     args = parser.parse_args()
@@ -76,7 +80,7 @@ def main() -> None:
 
     passthrough = ["--model", args.model, "--samples", str(args.samples), "--prompt-tokens", str(args.prompt_tokens),
                    "--response-tokens", str(args.response_tokens), "--micro-batch-size", str(args.micro_batch_size),
-                   "--steps", str(args.steps)]
+                   "--steps", str(args.steps), "--threads", str(args.threads)]
     results = {}
     for variant in args.variants.split(","):
         out = subprocess.run([sys.executable, __file__, *passthrough, "--variant", variant],

@@ -11,6 +11,7 @@ import torch
 from transformers import get_constant_schedule
 
 from azr import rl
+from azr.checkpoint import load_policy
 from azr.config import ModelConfig, TrainingConfig
 from azr.model import load_model
 
@@ -171,3 +172,11 @@ def test_warmup_ramps_the_learning_rate_from_zero():
     rates = [rl.train_step(model, optimizer, scheduler, samples, cfg)["learning_rate"] for _ in range(3)]
     assert rates == pytest.approx([0.0, 5e-4, 1e-3])
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_gradient_checkpointing_turns_on_for_full_and_lora_models(lora):
+    model, tokenizer = load_policy(ModelConfig(name_or_path="tiny-random", lora={"enabled": lora}), trainable=True)
+    rl.enable_gradient_checkpointing(model)
+    assert model.is_activation_checkpointing
+    assert step(model, make_samples(model, tokenizer, [1.0, -1.0]))["grad_norm"] > 0
