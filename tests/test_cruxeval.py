@@ -90,6 +90,15 @@ def test_validate_command_keeps_every_field_and_adds_the_verdict(tmp_path):
     assert list(frame["id"]) == [r["id"] for r in rows]
 
 
+def test_validate_command_on_cruxeval_keeps_the_gold_output(tmp_path):
+    out = tmp_path / "validated.jsonl"
+    result = CliRunner().invoke(app, ["validate", str(PROBLEMS), "--out", str(out), "--set", "executor.backend=process"])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 800 and all(r["matches_expected"] and r["output"] == r["expected_output"] for r in rows)
+    assert set(rows[0]) == {"code", "input", "expected_output", "id", "matches_expected", "output", "status", "error", "seconds"}
+
+
 def test_validate_command_reads_parquet_with_input_lists(tmp_path):
     import pandas as pd
 

@@ -88,7 +88,11 @@ def validate_command(
     config: ConfigOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Run every row's program on its input(s) in the sandbox (ground truth, determinism, safety)."""
+    """Run every row's program on its input(s) in the sandbox (ground truth, determinism, safety).
+
+    Rows keep every field; a row that already has `output` keeps it as `expected_output`, next to
+    `matches_expected`.
+    """
     from azr.sandbox import SandboxError, open_sandbox
 
     cfg = resolve_config(config, set_)
@@ -103,6 +107,9 @@ def validate_command(
         raise fail(str(exc)) from None
     for row, (_, _, single), result in zip(rows, tasks, results):
         ok = result.status == "ok"
+        if single and "output" in row:  # a row that came with an output (CRUXEval's gold) keeps it, compared
+            row["expected_output"] = row.pop("output")
+            row["matches_expected"] = ok and result.outputs[0] == row["expected_output"]
         if single:
             row["output"] = result.outputs[0] if ok else None
         else:
