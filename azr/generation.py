@@ -55,6 +55,8 @@ def generate(
     `sampling.max_prompt_tokens` lose their start. A response ends at EOS, once its text contains
     one of `sampling.stop_strings`, or after `sampling.max_new_tokens` tokens.
     """
+    if tokenizer.padding_side != "left" or tokenizer.truncation_side != "left":
+        raise ValueError("generate needs a tokenizer that pads and truncates on the left (load_model sets both)")
     generator = torch.Generator(device=model.device).manual_seed(seed)
     results: list[Generation] = []
     for start in range(0, len(prompts), sampling.batch_size):

@@ -152,3 +152,10 @@ def test_rows_that_finish_early_do_not_disturb_the_others(tiny, rendered) -> Non
         if stop not in before.text:
             assert after.response_ids == before.response_ids
             torch.testing.assert_close(torch.tensor(after.logprobs), torch.tensor(before.logprobs), atol=1e-5, rtol=0)
+
+
+def test_right_padding_tokenizer_is_refused(cache_dir: str, monkeypatch_module) -> None:
+    model, tokenizer = load_model(ModelConfig(name_or_path="tiny-random", cache_dir=cache_dir))
+    tokenizer.padding_side = "right"
+    with pytest.raises(ValueError, match="pads and truncates on the left"):
+        generate(model, tokenizer, ["x"], sampling(), seed=0)
