@@ -15,6 +15,7 @@ train stage that wrote them still counts as complete.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,6 @@ from azr.config import ModelConfig
 from azr.model import load_model
 
 META_FILE = "checkpoint.json"
-STATE_FILES = ("optimizer.pt", "scheduler.pt", "rng.pt")
 
 
 def meta_path(checkpoint: Path) -> Path:
@@ -50,7 +50,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(directory: Path, model, tokenizer, optimizer, scheduler, rng: dict[str, Any], *,
-                    iteration: int, model_config: ModelConfig, inputs: list[Path] = (),
+                    iteration: int, model_config: ModelConfig, inputs: Sequence[Path] = (),
                     config_hash: str = "") -> Path:
     """Write model (or LoRA adapter), tokenizer, optimizer, scheduler and RNG state atomically."""
     directory = Path(directory)
@@ -130,7 +130,10 @@ def prune_checkpoints(run_dir: RunDir, keep: int, newest: int) -> list[Path]:
         directory = run_dir.checkpoint_dir(iteration)
         doomed = [p for p in directory.iterdir() if not p.name.startswith(META_FILE)]
         for path in doomed:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
         if doomed:
             pruned.append(directory)
     return pruned
