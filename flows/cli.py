@@ -194,9 +194,10 @@ def runs_command(runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Pare
     """List runs with their status, iterations done and key metrics of the last iteration."""
     if not runs_dir.is_dir():
         raise _fail(f"--runs-dir {runs_dir}: no such directory")
-    table = Table(title=f"runs in {runs_dir}")
-    for title in ("run", "status", "iterations", "next", *run_info.KEY_METRICS):
-        table.add_column(title)
+    table = Table(title=f"runs in {runs_dir}", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table.add_column("run", overflow="fold")
+    for title in ("status", "iterations", "next", "valid", "solved", "R solve", "loss"):  # metrics: KEY_METRICS
+        table.add_column(title, no_wrap=True)
     for s in run_info.list_runs(runs_dir):
         where = f"iter {s.position[0]} {s.position[1]}" if s.position and s.status != "unreadable" else "-"
         table.add_row(s.name, s.status, f"{s.iterations_done}/{s.num_iterations}", where,
@@ -205,14 +206,20 @@ def runs_command(runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Pare
 
 
 def _task_rows_table(frame, limit: int) -> Table:
-    table = Table()
-    for title in ("iter", "task_id", "type", "source", "status", "reason", "solve rate", "program"):
-        table.add_column(title, overflow="fold" if title != "program" else "ellipsis")
+    rows = []
     for row in frame.head(limit).itertuples():
         program = row.program.strip() if isinstance(row.program, str) else ""
-        first_line = program.splitlines()[0] if program else ""
-        table.add_row(str(row.iteration), row.task_id, row.task_type, row.source, row.status,
-                      Text(_fmt(row.reason)), _fmt(row.solve_rate), Text(first_line, no_wrap=True))
+        rows.append([str(row.iteration), row.task_id, row.task_type, row.status,
+                     _fmt(row.solve_rate), _fmt(row.reason), program.splitlines()[0] if program else ""])
+    # Short columns are shown whole; reason and program give way. (The source, proposed or
+    # buffer, is in the task id: i0001-p000 / i0001-b000.)
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
+    for i, title in enumerate(("iter", "task_id", "type", "status", "solved")):
+        table.add_column(title, no_wrap=True, min_width=max([len(title)] + [len(r[i]) for r in rows]))
+    table.add_column("reason", overflow="fold", ratio=1, min_width=14)
+    table.add_column("program", overflow="ellipsis", no_wrap=True, ratio=2, min_width=8)
+    for row in rows:
+        table.add_row(*row[:5], Text(row[5]), Text(row[6]))
     return table
 
 
