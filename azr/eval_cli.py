@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
+from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Column, Table
 
 from azr.cli import ConfigOption, SetOption, app, console, err_console, resolve_config
@@ -84,8 +85,12 @@ def eval_command(
             raise BenchmarkError(f"{benchmark} has no {mode.value} problems (it serves {', '.join(benchmark_task_types(benchmark))})")
         loaded, tokenizer, cfg, run_name, iteration, source = _load_eval_policy(model, iteration, config, overrides)
         console.print(f"model: {source}", highlight=False)
-        frame = run_evaluation(loaded, tokenizer, cfg, sets=[benchmark], task_types=[mode.value], run=run_name,
-                               iteration=iteration)
+        with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console) as bar:
+            task = bar.add_task(mode.value, total=None)
+            frame = run_evaluation(loaded, tokenizer, cfg, sets=[benchmark], task_types=[mode.value], run=run_name,
+                                   iteration=iteration,
+                                   progress=lambda label, done, total: bar.update(task, description=label,
+                                                                                  completed=done, total=total))
     except (BenchmarkError, ConfigError) as exc:
         _fail(str(exc))
     write_table(frame, out, schema=EVAL, config_hash=cfg.config_hash())

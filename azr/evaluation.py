@@ -22,8 +22,9 @@ import json
 import re
 import time
 import zlib
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
@@ -46,6 +47,9 @@ EVAL = pa.schema(schemas.KEYS + [
     ("parse_reason", schemas.STR), ("answer", schemas.STR), ("correct", schemas.BOOL), ("check_status", schemas.STR),
     ("check_error", schemas.STR), ("gold", schemas.STR), ("eval_seconds", schemas.FLOAT),
 ])
+
+
+Progress = Callable[[int, int], None]  # (answers done, answers in all)
 
 
 class BenchmarkError(ValueError):
@@ -218,14 +222,23 @@ def eval_sampling(config: AZRConfig) -> SamplingConfig:
     return config.sampling.model_copy(update=update)
 
 
-def evaluate_problems(model, tokenizer, sandbox, problems: list[dict[str, Any]], config: AZRConfig, seed: int) -> list[dict[str, Any]]:
-    """`eval.samples` answers per problem from the model, scored: one row per answer (no run keys)."""
+def evaluate_problems(model, tokenizer, sandbox, problems: list[dict[str, Any]], config: AZRConfig, seed: int,
+                      progress: Progress | None = None) -> list[dict[str, Any]]:
+    """`eval.samples` answers per problem from the model, scored: one row per answer (no run keys).
+
+    `progress(done, total)` is called after each batch of `sampling.batch_size` answers."""
     from azr.generation import generate  # torch is slow to import; reading and scoring do without it
 
     started = time.perf_counter()
+    sampling = eval_sampling(config)
     rollouts = [(p, sample) for p in problems for sample in range(config.eval.samples)]
     rendered = [prompts.render_chat(tokenizer, prompts.solver_prompt(p["task_type"], solver_view(p))) for p, _ in rollouts]
-    generations = generate(model, tokenizer, rendered, eval_sampling(config), seed=seed)
+    generations = []
+    for start in range(0, len(rendered), sampling.batch_size):
+        chunk = rendered[start:start + sampling.batch_size]
+        generations += generate(model, tokenizer, chunk, sampling, seed=seed + start)
+        if progress is not None:
+            progress(len(generations), len(rendered))
     scores = score_responses(sandbox, [p for p, _ in rollouts], [g.text for g in generations], config.eval.strict)
     seconds = (time.perf_counter() - started) / max(len(rollouts), 1)
     return [
@@ -237,11 +250,13 @@ def evaluate_problems(model, tokenizer, sandbox, problems: list[dict[str, Any]],
 
 
 def run_evaluation(model, tokenizer, config: AZRConfig, *, sets: list[str] | None = None,
-                   task_types: list[str] | None = None, run: str = "", iteration: int = 0) -> pd.DataFrame:
+                   task_types: list[str] | None = None, run: str = "", iteration: int = 0,
+                   progress: Callable[[str, int, int], None] | None = None) -> pd.DataFrame:
     """Evaluate a loaded model on every (set, mode) pair a set serves; one row per answer.
 
     Defaults come from `config.eval` (sets, task_types, limit, samples). The sampling seed comes
-    from (config.seed, iteration, set and mode), so a re-run gives the same rows."""
+    from (config.seed, iteration, set and mode), so a re-run gives the same rows.
+    `progress("<set>/<mode>", done, total)` reports answers generated so far."""
     from azr.sandbox import open_sandbox
 
     sets = sets if sets is not None else config.eval.sets
@@ -253,7 +268,9 @@ def run_evaluation(model, tokenizer, config: AZRConfig, *, sets: list[str] | Non
             for task_type in [t for t in task_types if t in served]:
                 problems = load_set(sandbox, set_name, task_type, config.eval.limit)
                 seed = stage_seed(config.seed, iteration, f"eval/{set_label(set_name)}/{task_type}")
-                for row in evaluate_problems(model, tokenizer, sandbox, problems, config, seed):
+                label = f"{set_label(set_name)}/{task_type}"
+                report = partial(progress, label) if progress else None
+                for row in evaluate_problems(model, tokenizer, sandbox, problems, config, seed, report):
                     rows.append({"run": run, "iteration": iteration, "set": set_label(set_name), **row})
     if not rows:
         raise BenchmarkError(f"no set among {sets} serves the modes {task_types}")
