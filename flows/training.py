@@ -30,7 +30,7 @@ from stages.validate import validate
 
 # Errors worth a retry: I/O hiccups, a sandbox container or the Docker daemon going away.
 TRANSIENT_ERRORS = (OSError, docker.errors.DockerException)
-NOT_TRANSIENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+NOT_TRANSIENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError, NotADirectoryError)
 
 
 def is_transient(task, task_run, state) -> bool:

@@ -125,6 +125,42 @@ def test_run_created_through_the_api_with_an_override_completes(served):
     assert all("iteration:1" in t.tags for t in task_runs)
 
 
+def _wait_final(client, flow_run_id, timeout: float = 600):
+    deadline = time.monotonic() + timeout
+    while not (flow_run := client.read_flow_run(flow_run_id)).state.is_final():
+        assert time.monotonic() < deadline, f"flow run still {flow_run.state.name}"
+        time.sleep(1)
+    return flow_run
+
+
+def test_retry_from_the_ui_continues_the_failed_run(served):
+    """A run fails at propose (a file stands where iter-0001/ must go); after the obstacle is gone,
+    the Retry button's state change (what the UI sends) runs the same flow run again, which
+    continues in the same run directory without redoing setup."""
+    from prefect.states import AwaitingRetry
+
+    client, deployment, runs_dir, log = served
+    config = copy.deepcopy(deployment.parameters["config"])
+    config["num_iterations"] = 1
+    config["orchestration"]["run_name"] = "retried"
+    run = RunDir(runs_dir / "retried")
+    run.root.mkdir(parents=True)
+    run.iteration_dir(1).write_text("not a directory")
+    failed = _run(client, {"config": config})
+    assert failed.state.is_failed(), f"{failed.state}\n{log.read_text()[-5000:]}"
+    seed = run.buffer_path(0)
+    seed_written = (seed.stat().st_mtime_ns, run.config_path.stat().st_mtime_ns)
+    mlflow_run_id = (run.root / "mlflow_run_id").read_text()
+
+    run.iteration_dir(1).unlink()
+    client.set_flow_run_state(failed.id, AwaitingRetry(message="Retry from the UI"), force=False)
+    retried = _wait_final(client, failed.id)
+    assert retried.state.is_completed(), f"{retried.state}\n{log.read_text()[-5000:]}"
+    assert iterations_done(run) == 1
+    assert (seed.stat().st_mtime_ns, run.config_path.stat().st_mtime_ns) == seed_written
+    assert (run.root / "mlflow_run_id").read_text() == mlflow_run_id
+
+
 @pytest.mark.parametrize("change, field", [
     (lambda c: c.update(num_iterations=0), "num_iterations"),
     (lambda c: c["sampling"].update(top_p=2.0), "top_p"),
