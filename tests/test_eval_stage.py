@@ -94,3 +94,21 @@ def test_compare_names_a_directory_without_an_mlflow_run(tmp_path):
     (tmp_path / "x").mkdir()
     result = CliRunner().invoke(app, ["compare", str(tmp_path / "x"), str(tmp_path / "x")])
     assert result.exit_code == 2 and f"{tmp_path / 'x'}: no {RUN_ID_FILE} file" in " ".join(result.output.split())
+
+
+def test_azr_eval_on_a_run_directory_loads_the_checkpoint_of_that_iteration(tmp_path):
+    from azr.config import dump_config
+
+    config = eval_config(tmp_path)
+    run = RunDir(tmp_path / "run")
+    run.root.mkdir()
+    run.config_path.write_text(dump_config(config))
+    checkpoint = _save_perturbed_checkpoint(config, run, 1)
+    for iteration, loaded in ((None, str(checkpoint)), ("1", str(checkpoint)), ("0", "base model tiny-random")):
+        out = tmp_path / f"eval-{iteration}.parquet"
+        args = ["eval", "--model", str(run.root), "--mode", "abduction", "--limit", "2", "--out", str(out)]
+        result = CliRunner().invoke(app, args + (["--iteration", iteration] if iteration else []))
+        assert result.exit_code == 0, result.output
+        assert "".join(f"model: {loaded}".split()) in "".join(result.output.split())  # rich wraps long paths
+        frame = read_table(out)
+        assert set(frame["run"]) == {"run"} and set(frame["iteration"]) == {int(iteration or 1)}
