@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import traceback
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
@@ -34,6 +35,7 @@ from flows.prefect_env import prepare_environment
 __all__ = ["app"]
 
 DEFAULT_API_URL = "http://127.0.0.1:4200/api"
+PROJECT_DIR = str(Path(__file__).resolve().parents[1])
 RunsDirOption = Annotated[
     Optional[Path], typer.Option("--runs-dir", help="Parent directory of run directories [default: orchestration.runs_dir].")
 ]
@@ -135,6 +137,21 @@ def _print_where_to_look(config: AZRConfig, run: RunDir) -> None:
         console.print(Text.assemble((f"{label:<14}", "bold"), where), soft_wrap=True)
 
 
+def _print_failure(run: RunDir, state: Any) -> None:
+    """The failing exception with azr's own frames (Prefect's and libraries' are in the Prefect UI)."""
+    error = state.result(raise_on_failure=False)
+    if isinstance(error, BaseException):
+        ours = [f for f in traceback.extract_tb(error.__traceback__)
+                if f.filename.startswith(PROJECT_DIR) and "site-packages" not in f.filename]
+        frames = [f for f in ours if f.name != "is_transient"]
+        err_console.print(Text("".join(traceback.format_list(frames)).rstrip()), soft_wrap=True)
+        message = "".join(traceback.format_exception_only(type(error), error)).strip()
+    else:
+        message = str(state.message)
+    err_console.print(Text(f"run {run.name} failed: {message}", style="red"), soft_wrap=True)
+    err_console.print(f"continue it with: azr resume {run.root}", soft_wrap=True)
+
+
 def _execute(config: AZRConfig) -> None:
     """Run (or continue) the training flow for ``config``'s run directory, with live progress."""
     from flows.training import training_run
@@ -144,8 +161,7 @@ def _execute(config: AZRConfig) -> None:
     with _progress(run, config.num_iterations):
         state = training_run(config, return_state=True)
     if state.is_failed() or state.is_crashed():
-        err_console.print(Text(f"run {run.name} failed: {state.message}", style="red"))
-        err_console.print(f"continue it with: azr resume {run.root}")
+        _print_failure(run, state)
         raise typer.Exit(1)
     console.print(_summary_table(run))
     _print_where_to_look(config, run)

@@ -30,12 +30,13 @@ def prefect_home(runs_dir: Path) -> Path:
 
 
 def prepare_environment(runs_dir: Path, *, api_url: str | None = None, quiet: bool = True) -> None:
-    """Offline defaults, PREFECT_HOME under ``runs_dir``, and (quiet) Prefect's console at WARNING.
+    """Offline defaults, PREFECT_HOME under ``runs_dir``, and (quiet) Prefect's console lines off.
 
     Without PREFECT_API_URL Prefect starts its local ephemeral server (nothing to run first).
-    ``quiet`` keeps Prefect's per-task INFO lines (and the ephemeral server's start/stop lines) and
-    the weight-loading progress bars off the console, where `azr run` shows its own progress;
-    Prefect's lines still reach the Prefect API.
+    ``quiet`` keeps Prefect's console lines (per-task states, the ephemeral server's start/stop,
+    a failed task's traceback printed once per enclosing flow) and the weight-loading progress
+    bars off the console, where `azr run` shows its own progress and one traceback on failure.
+    Prefect's lines still reach the Prefect API (and its UI).
     """
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
@@ -44,7 +45,7 @@ def prepare_environment(runs_dir: Path, *, api_url: str | None = None, quiet: bo
     if api_url:
         os.environ["PREFECT_API_URL"] = api_url
     if quiet:
-        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "WARNING")
+        os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-stage weight-loading bars
     for name in _NOISE_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -129,3 +129,13 @@ def test_resume_names_a_directory_that_is_not_a_run(tmp_path):
     result = run_azr("resume", tmp_path)
     assert result.returncode == 2
     assert str(tmp_path) in " ".join(result.stderr.split()) and "config.yaml" in result.stderr
+
+
+def test_failed_run_says_what_failed_and_how_to_continue(tmp_path):
+    result = run_azr("run", "--config", SMOKE_CONFIG, "--runs-dir", tmp_path, "--set", "model.name_or_path=/no/such/model")
+    assert result.returncode == 1
+    err = result.stderr
+    assert "run smoke failed: " in err and "ModelNotFoundError" in err and "/no/such/model" in err
+    assert f"azr resume {tmp_path / 'smoke'}" in err
+    assert 'stages/propose.py", line' in err  # where in azr it failed
+    assert "site-packages" not in err  # not Prefect's engine frames, printed once per flow level
