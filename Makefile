@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/azr config show configs/quickstart.yaml
+	$(BIN)/azr run --config configs/quickstart.yaml
 
 test: $(STAMP)
 	$(BIN)/pytest
