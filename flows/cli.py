@@ -107,20 +107,23 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 SUMMARY_COLUMNS = {
-    "proposed": "proposals/count", "valid": "tasks/accepted", "forced": "tasks/forced",
+    "prop": "proposals/count", "valid": "tasks/accepted", "forced": "tasks/forced",
     "solved": "solve_rate/all", "R prop": "reward/propose/reward", "R solve": "reward/solve/reward",
-    "loss": "train/loss", "tok/s": "train/tokens_per_second", "seconds": "seconds/iteration",
+    "loss": "train/loss", "tok/s": "train/tokens_per_second", "s": "seconds/iteration",
 }
 
 
 def _summary_table(run: RunDir) -> Table:
-    """One row per finished iteration: the numbers a person checks first."""
-    table = Table(title=f"run {run.name}", box=box.SIMPLE_HEAD)
-    for title in ("iter", *SUMMARY_COLUMNS):
-        table.add_column(title, justify="right", no_wrap=True)
+    """One row per finished iteration: the numbers a person checks first (all in MLflow)."""
+    rows = []
     for iteration in range(1, run_info.iterations_done(run) + 1):
         metrics = run_info.iteration_metrics(run, iteration)
-        table.add_row(str(iteration), *(_fmt(metrics.get(key)) for key in SUMMARY_COLUMNS.values()))
+        rows.append([str(iteration), *(_fmt(metrics.get(key)) for key in SUMMARY_COLUMNS.values())])
+    table = Table(title=f"run {run.name}", box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, collapse_padding=True)
+    for i, title in enumerate(("iter", *SUMMARY_COLUMNS)):
+        table.add_column(title, justify="right", no_wrap=True, min_width=max([len(title)] + [len(r[i]) for r in rows]))
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -210,7 +213,7 @@ def runs_command(runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Pare
     """List runs with their status, iterations done and key metrics of the last iteration."""
     if not runs_dir.is_dir():
         raise _fail(f"--runs-dir {runs_dir}: no such directory")
-    table = Table(title=f"runs in {runs_dir}", box=box.SIMPLE_HEAD, padding=(0, 1))
+    table = Table(title=f"runs in {runs_dir}", box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, collapse_padding=True)
     table.add_column("run", overflow="fold")
     for title in ("status", "iterations", "next", "valid", "solved", "R solve", "loss"):  # metrics: KEY_METRICS
         table.add_column(title, no_wrap=True)
@@ -229,7 +232,7 @@ def _task_rows_table(frame, limit: int) -> Table:
                      _fmt(row.solve_rate), _fmt(row.reason), program.splitlines()[0] if program else ""])
     # Short columns are shown whole; reason and program give way. (The source, proposed or
     # buffer, is in the task id: i0001-p000 / i0001-b000.)
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1))
+    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, collapse_padding=True)
     for i, title in enumerate(("iter", "task_id", "type", "status", "solved")):
         table.add_column(title, no_wrap=True, min_width=max([len(title)] + [len(r[i]) for r in rows]))
     table.add_column("reason", overflow="fold", ratio=1, min_width=14)
