@@ -14,10 +14,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from azr.artifacts import RunDir, manifest_path, read_table
 from azr.runs import STEPS, step_output
 from tests.conftest import SMOKE_CONFIG, ROOT, azr_command, azr_env, run_azr
+
+pytestmark = pytest.mark.slow  # runs azr end to end (tiny-random, Prefect, MLflow)
 
 PARQUET = ("proposals.parquet", "tasks.parquet", "solutions.parquet", "rewards.parquet")
 

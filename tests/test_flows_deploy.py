@@ -19,6 +19,8 @@ from azr.artifacts import RunDir
 from azr.runs import iterations_done
 from tests.conftest import ROOT, SMOKE_CONFIG, azr_command, azr_env
 
+pytestmark = pytest.mark.slow  # runs azr end to end (tiny-random, Prefect, MLflow)
+
 DEPLOYMENT = "azr-run/azr"
 
 
@@ -187,3 +189,12 @@ def test_invalid_combination_fails_the_run_naming_the_field(served):
     assert flow_run.state.is_failed()
     assert "task_distribution" in flow_run.state.message
     assert not (runs_dir / "bad-distribution").exists()
+
+
+def test_serve_without_a_server_says_how_to_start_one():
+    url = f"http://127.0.0.1:{_free_port()}/api"
+    result = subprocess.run(azr_command("serve", "--config", SMOKE_CONFIG, "--api-url", url), cwd=ROOT, env=azr_env(),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    message = " ".join(result.stderr.split())
+    assert f"no Prefect server answers at {url}" in message and "prefect server start" in message

@@ -13,6 +13,8 @@ from azr.runs import iteration_metrics
 from azr.tracking import flatten, tracking_uri, ui_command
 
 
+pytestmark = pytest.mark.slow  # runs azr end to end (tiny-random, Prefect, MLflow)
+
 def test_flatten_gives_dotted_string_params():
     flat = flatten(AZRConfig().model_dump(mode="json"))
     assert flat["model.lora.r"] == "16"
