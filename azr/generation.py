@@ -53,15 +53,20 @@ def generate(
 
     `prompts` are rendered text (see `azr.prompts.render_chat`). Prompts longer than
     `sampling.max_prompt_tokens` lose their start. A response ends at EOS, once its text contains
-    one of `sampling.stop_strings`, or after `sampling.max_new_tokens` tokens.
+    one of `sampling.stop_strings`, or after `sampling.max_new_tokens` tokens. Chunks are formed
+    from the prompts sorted by length; results come back in the order of `prompts`.
     """
     if tokenizer.padding_side != "left" or tokenizer.truncation_side != "left":
         raise ValueError("generate needs a tokenizer that pads and truncates on the left (load_model sets both)")
     generator = torch.Generator(device=model.device).manual_seed(seed)
-    results: list[Generation] = []
-    for start in range(0, len(prompts), sampling.batch_size):
-        rows = _generate_chunk(model, tokenizer, prompts[start : start + sampling.batch_size], sampling, generator)
-        results.extend(_finish(tokenizer, row) for row in rows)
+    # Chunks of similar length waste less compute on padding (repeated prompts land together).
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), prompts[i]))
+    results: list[Generation | None] = [None] * len(prompts)
+    for start in range(0, len(order), sampling.batch_size):
+        chunk = order[start : start + sampling.batch_size]
+        rows = _generate_chunk(model, tokenizer, [prompts[i] for i in chunk], sampling, generator)
+        for i, row in zip(chunk, rows):
+            results[i] = _finish(tokenizer, row)
     return results
 
 
