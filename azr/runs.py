@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from azr.artifacts import ArtifactError, RunDir, manifest_path, read_json, read_manifest, read_table
+from azr.artifacts import ArtifactError, RunDir, manifest_path, read_json, read_manifest, read_rows, read_table
 from azr.config import ConfigError, load_config
 
 # The steps of one iteration in order, each with the file whose manifest says it is done.
@@ -251,26 +251,22 @@ def task_table(
 
 
 def task_detail(run: RunDir, task_id: str, *, iteration: int | None = None) -> list[dict[str, Any]]:
-    """Everything about one task, once per iteration it appears in: the task row, its proposal,
-    the solver rollouts and the reward rows (proposer and solver)."""
+    """Everything about one task, once per iteration it appears in, as plain Python values: the
+    task row, its proposal, the solver rollouts and the reward rows (proposer and solver)."""
     found = []
     for path in _iteration_files(run, "tasks.parquet", iteration):
-        tasks = read_table(path)
-        match = tasks[tasks["task_id"] == task_id]
-        if match.empty:
-            continue
-        n = int(match["iteration"].iloc[0])
-        found.append({
-            "task": match.iloc[0].to_dict(),
-            "proposal": _rows_for(run.stage_file(n, "proposals.parquet"), task_id),
-            "solutions": _rows_for(run.stage_file(n, "solutions.parquet"), task_id),
-            "rewards": _rows_for(run.stage_file(n, "rewards.parquet"), task_id),
-        })
+        for task in _rows_for(path, task_id):
+            n = task["iteration"]
+            found.append({
+                "task": task,
+                "proposal": _rows_for(run.stage_file(n, "proposals.parquet"), task_id),
+                "solutions": _rows_for(run.stage_file(n, "solutions.parquet"), task_id),
+                "rewards": _rows_for(run.stage_file(n, "rewards.parquet"), task_id),
+            })
     return found
 
 
 def _rows_for(path: Path, task_id: str) -> list[dict[str, Any]]:
     if not manifest_path(path).exists():
         return []
-    frame = read_table(path)
-    return frame[frame["task_id"] == task_id].to_dict("records")
+    return [row for row in read_rows(path) if row["task_id"] == task_id]

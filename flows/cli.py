@@ -252,9 +252,12 @@ def _show_task(found: list[dict[str, Any]]) -> None:
         console.print(Syntax(task["program"] or "", "python", line_numbers=False))
         fields = Table.grid(padding=(0, 2))
         for key in ("input", "output", "inputs", "outputs", "shown", "message"):
-            value = task.get(key)
-            fields.add_row(key, Text(_fmt(list(value) if hasattr(value, "tolist") else value)))
+            fields.add_row(key, Text(_fmt(task.get(key))))
         console.print(fields)
+        for proposal in item["proposal"]:
+            console.print(Text(f"proposer response ({proposal['finish_reason']}, parse: "
+                               f"{proposal['parse_reason'] or 'ok'}):", style="bold"))
+            console.print(Text(proposal["response"]))
         for reward in item["rewards"]:
             if reward["role"] == "propose":
                 console.print(Text("proposer reward " + "  ".join(
@@ -263,6 +266,9 @@ def _show_task(found: list[dict[str, Any]]) -> None:
 
 
 def _print_solutions(solutions: list[dict[str, Any]], rewards: dict[int, dict[str, Any]]) -> None:
+    if not solutions:
+        console.print("no solver rollouts (only accepted tasks are solved)")
+        return
     table = Table(title="solver rollouts")
     for title in ("sample", "answer", "correct", "check", "reward", "advantage"):
         table.add_column(title, overflow="fold")
@@ -271,6 +277,9 @@ def _print_solutions(solutions: list[dict[str, Any]], rewards: dict[int, dict[st
         table.add_row(str(s["sample"]), Text(_fmt(s["answer"])), str(s["correct"]), s["check_status"],
                       _fmt(r.get("reward")), _fmt(r.get("advantage")))
     console.print(table)
+    for s in solutions:
+        console.print(Text(f"sample {s['sample']} response ({s['finish_reason']}):", style="bold"))
+        console.print(Text(s["response"]))
 
 
 @app.command("tasks")
