@@ -8,6 +8,8 @@ at import).
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
 import time
 import traceback
@@ -160,6 +162,8 @@ def _execute(config: AZRConfig) -> None:
     from flows.training import training_run
 
     run = RunDir(Path(config.orchestration.runs_dir) / str(config.orchestration.run_name))
+    # SIGTERM (kill, a job scheduler) exits through Python, so Prefect's ephemeral server is stopped too.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     console.print(f"run [bold]{run.name}[/bold] in {run.root}")
     with _progress(run, config.num_iterations):
         state = training_run(config, return_state=True)
