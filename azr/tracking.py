@@ -12,8 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from azr.artifacts import RunDir, manifest_path
+from azr.artifacts import RunDir, manifest_path, read_table
 from azr.config import AZRConfig
+from azr.evaluation import eval_metrics
 from azr.runs import iteration_metrics
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -104,7 +105,7 @@ def log_iteration(config: AZRConfig, run: RunDir, iteration: int) -> dict[str, f
         return {}
     client = _client(config, run)
     run_id = (run.root / RUN_ID_FILE).read_text().strip()
-    metrics = iteration_metrics(run, iteration)
+    metrics = iteration_metrics(run, iteration) | evaluation_metrics(config, run, iteration)
     if config.tracking.log_artifacts:
         folder = run.iteration_dir(iteration).name
         for name in _ARTIFACT_FILES:
@@ -117,6 +118,27 @@ def log_iteration(config: AZRConfig, run: RunDir, iteration: int) -> dict[str, f
     for start in range(0, len(entries), 1000):  # MLflow takes at most 1000 metrics per batch
         client.log_batch(run_id, metrics=entries[start:start + 1000])
     client.log_metric(run_id, MARKER_METRIC, iteration, timestamp=now, step=iteration)
+    return metrics
+
+
+def evaluation_metrics(config: AZRConfig, run: RunDir, iteration: int) -> dict[str, float]:
+    """``eval/<set>/<type>/pass_at_k`` of the held-out evaluation after ``iteration``, when it ran."""
+    path = run.eval_path(iteration)
+    return eval_metrics(read_table(path), config.eval.pass_k) if manifest_path(path).exists() else {}
+
+
+def log_base_evaluation(config: AZRConfig, run: RunDir) -> dict[str, float]:
+    """Log the base model's evaluation at step 0 (once: a resumed run finds it there)."""
+    metrics = evaluation_metrics(config, run, 0)
+    if not metrics:
+        return {}
+    client = _client(config, run)
+    run_id = (run.root / RUN_ID_FILE).read_text().strip()
+    first = next(iter(metrics))
+    if any(m.step == 0 for m in client.get_metric_history(run_id, first)):
+        return {}
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value, step=0)
     return metrics
 
 

@@ -21,6 +21,7 @@ from azr import tracking
 from azr.artifacts import RunDir
 from azr.config import AZRConfig
 from stages.buffer import update_buffer
+from stages.evaluate import evaluate_iteration, should_evaluate
 from stages.propose import propose
 from stages.score import score
 from stages.setup import setup_run
@@ -79,6 +80,11 @@ def buffer_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return update_buffer(config, run, iteration)
 
 
+@task(name="evaluate", **STAGE_TASK)
+def evaluate_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
+    return evaluate_iteration(config, run, iteration)
+
+
 @task(name="log-iteration", **STAGE_TASK)
 def log_iteration_task(config: AZRConfig, run: RunDir, iteration: int) -> dict[str, float]:
     return tracking.log_iteration(config, run, iteration)
@@ -87,8 +93,10 @@ def log_iteration_task(config: AZRConfig, run: RunDir, iteration: int) -> dict[s
 setup_task = task(setup_run, name="setup", **STAGE_TASK)
 start_tracking_task = task(tracking.start_run, name="start-tracking", **STAGE_TASK)
 end_tracking_task = task(tracking.end_run, name="end-tracking", **STAGE_TASK)
+log_base_evaluation_task = task(tracking.log_base_evaluation, name="log-base-evaluation", **STAGE_TASK)
 
-ITERATION_TASKS = (propose_task, validate_task, solve_task, score_task, train_task, buffer_task, log_iteration_task)
+ITERATION_TASKS = (propose_task, validate_task, solve_task, score_task, train_task, buffer_task, evaluate_task,
+                   log_iteration_task)
 
 
 @flow(name="azr-iteration", flow_run_name="iteration-{iteration}")
@@ -100,6 +108,8 @@ def iteration_flow(config: AZRConfig, run_root: Path, iteration: int) -> dict[st
     outputs = {}
     with tags(f"iteration:{iteration}"):
         for stage_task in ITERATION_TASKS:
+            if stage_task is evaluate_task and not should_evaluate(config, iteration):
+                continue
             result = stage_task.with_options(task_run_name=f"{stage_task.name}-{iteration}", **retry)(
                 config, run, iteration
             )
@@ -138,6 +148,9 @@ def training_run(config: AZRConfig = AZRConfig()) -> str:
     run = setup_task(config, runs_dir)
     start_tracking_task(config, run, flow_run.get_id())
     try:
+        if should_evaluate(config, 0):  # the base model, so curves start before any update
+            evaluate_task(config, run, 0)
+            log_base_evaluation_task(config, run)
         for iteration in range(1, config.num_iterations + 1):
             iteration_flow(config, run.root, iteration)
     except Exception:

@@ -88,3 +88,19 @@ def test_parquet_files_and_train_json_are_artifacts(logged):
         names = {f.path.split("/")[-1] for f in client.list_artifacts(run_id, iteration)}
         assert names == {"proposals.parquet", "tasks.parquet", "solutions.parquet", "rewards.parquet", "train.json"}
     assert {f.path for f in client.list_artifacts(run_id, "buffer")} == {"buffer/iter-0001.parquet", "buffer/iter-0002.parquet"}
+
+
+def test_held_out_evaluation_is_logged_before_training_and_after_each_iteration(logged):
+    """smoke.yaml evaluates every iteration: steps 0 (base model), 1 and 2, from eval/iter-N.parquet."""
+    import pandas as pd
+
+    from azr.evaluation import eval_metrics
+
+    run, client, mlflow_run = logged
+    for task_type in ("abduction", "deduction", "induction"):
+        key = f"eval/heldout/{task_type}/pass_at_1"
+        history = {m.step: m.value for m in client.get_metric_history(mlflow_run.info.run_id, key)}
+        assert sorted(history) == [0, 1, 2], key
+        for step, value in history.items():
+            frame = pd.read_parquet(run.eval_path(step))
+            assert value == pytest.approx(eval_metrics(frame)[key])
