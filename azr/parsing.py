@@ -10,6 +10,7 @@ Every parse returns `ok` and either the fields or a `reason` from `REASONS`.
 
 from __future__ import annotations
 
+import ast
 import re
 from dataclasses import dataclass
 
@@ -160,10 +161,38 @@ def _program_block(blocks: list[Block], strict: bool) -> Block | None:
     return candidates[-1] if candidates else None
 
 
+def calls_of_f(text: str) -> list[str]:
+    """Argument texts of the calls ``f(...)`` that code in ``text`` makes outside any function.
+
+    Lenient parsing only: small models often show their input as ``print(f([1, 2]))`` or
+    ``assert f(3) == 9`` instead of an input block. The code is parsed, never run.
+    """
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError):
+        return []
+    names = {node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    target = "f" if "f" in names or not names else next(iter(names))
+    found = []
+    for statement in tree.body:
+        if isinstance(statement, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            continue
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == target \
+                    and (node.args or node.keywords):
+                parts = [ast.get_source_segment(text, a) for a in [*node.args, *node.keywords]]
+                if all(parts):
+                    found.append(", ".join(parts))
+    return found
+
+
 def _proposal_input(region: str, blocks: list[Block], program: Block, strict: bool) -> str | None:
     labelled = _last_labelled(blocks, "input")
     if labelled is not None or strict:
         return labelled
+    calls = [call for block in blocks for call in calls_of_f(block.body)]
+    if calls:
+        return calls[-1]
     others = [b.body for b in blocks[blocks.index(program) + 1:] if not _FUNCTION.search(b.body)]
     if others:
         return others[-1]
@@ -173,6 +202,8 @@ def _proposal_input(region: str, blocks: list[Block], program: Block, strict: bo
 
 def _induction_proposal(region: str, blocks: list[Block], strict: bool, n_inputs: int) -> ParsedProposal:
     inputs = [b.body for b in blocks if b.label == "input"]
+    if not inputs and not strict:
+        inputs = list(dict.fromkeys(call for block in blocks for call in calls_of_f(block.body)))
     message = _last_labelled(blocks, "message")
     if message is None and not strict:
         message = last_line(_FENCE.sub("\n", region))

@@ -7,37 +7,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from azr import prompts
-from azr import schemas
+from azr import prompts, schemas
+from azr.answers import score_responses
 from azr.artifacts import RunDir, read_rows, stage_complete, write_table
 from azr.config import AZRConfig
-from azr.data_construction import hidden_pairs, solver_view
-from azr.parsing import parse_answer
-from azr.sandbox import CheckResult, open_sandbox
+from azr.data_construction import solver_view
+from azr.sandbox import open_sandbox
 from azr.seeding import stage_seed
 from stages.common import generate_batch, generation_columns, policy_inputs
-
-
-def _check_all(sandbox, tasks: list[dict], answers: list[str | None]) -> list[CheckResult | None]:
-    """Check every parsed answer in the sandbox, batched by task type; None where nothing parsed."""
-    results: list[CheckResult | None] = [None] * len(tasks)
-    batches: dict[str, list[tuple[int, tuple]]] = {"deduction": [], "abduction": [], "induction": []}
-    for i, (task, answer) in enumerate(zip(tasks, answers)):
-        if answer is None:
-            continue
-        if task["task_type"] == "deduction":
-            batches["deduction"].append((i, (task["output"], answer)))
-        elif task["task_type"] == "abduction":
-            batches["abduction"].append((i, (task["program"], answer, task["output"])))
-        else:
-            batches["induction"].append((i, (answer, *hidden_pairs(task))))
-    checkers = {"deduction": sandbox.check_deduction, "abduction": sandbox.check_abduction,
-                "induction": sandbox.check_induction}
-    for task_type, batch in batches.items():
-        if batch:
-            for (i, _), result in zip(batch, checkers[task_type]([item for _, item in batch])):
-                results[i] = result
-    return results
 
 
 def solve(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
@@ -56,19 +33,17 @@ def solve(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     user_prompts = [prompts.solver_prompt(task["task_type"], solver_view(task)) for task, _ in rollouts]
     rendered, generations = generate_batch(config, run_dir, iteration, user_prompts,
                                            stage_seed(config.seed, iteration, "solve"))
-    strict = not config.is_forced(iteration)
-    parsed = [parse_answer(task["task_type"], g.text, strict=strict) for (task, _), g in zip(rollouts, generations)]
     with open_sandbox(config.executor) as sandbox:
-        checks = _check_all(sandbox, [t for t, _ in rollouts], [p.answer if p.ok else None for p in parsed])
+        scores = score_responses(sandbox, [t for t, _ in rollouts], [g.text for g in generations],
+                                 strict=not config.is_forced(iteration))
     seconds = time.perf_counter() - started
     rows = [
         {
             "run": run_dir.name, "iteration": iteration, "task_id": task["task_id"], "task_type": task["task_type"],
-            "sample": sample, **generation_columns(prompt, gen), "parsed": p.ok, "parse_reason": p.reason,
-            "answer": p.answer, "correct": bool(check and check.correct),
-            "check_status": check.status if check else "unparsed",
+            "sample": sample, **generation_columns(prompt, gen),
+            **{k: score[k] for k in ("parsed", "parse_reason", "answer", "correct", "check_status")},
             "solve_seconds": seconds / len(rollouts),
         }
-        for (task, sample), prompt, gen, p, check in zip(rollouts, rendered, generations, parsed, checks)
+        for (task, sample), prompt, gen, score in zip(rollouts, rendered, generations, scores)
     ]
     return write_table(pd.DataFrame(rows), out, inputs=inputs, schema=schemas.SOLUTIONS, config_hash=config.config_hash(), seconds=seconds)

@@ -17,8 +17,9 @@ from azr.artifacts import read_manifest, read_table
 from azr.config import load_config
 from azr.evaluation import (
     EVAL, HELDOUT_DIR, BenchmarkError, answer_response, benchmark_task_types, complete_induction, eval_metrics,
-    gold_answer, load_set, pass_at_k, read_problems, score_responses,
+    gold_answer, load_set, pass_at_k, read_problems,
 )
+from azr.answers import score_responses
 from azr.sandbox import open_sandbox
 from tests.conftest import ROOT, SMOKE_CONFIG, run_azr
 

@@ -66,3 +66,25 @@ def test_induction_inputs_keep_their_text_exactly() -> None:
     text = "<answer>\n```input\n'a  b', {'k': [1,\n 2]}\n```\n```input\n\"\\n\"\n```\n```message\nm\n```\n</answer>"
     parsed = parse_proposal("induction", text, strict=True, n_inputs=2)
     assert parsed.inputs == ["'a  b', {'k': [1,\n 2]}", '"\\n"']
+
+
+def test_lenient_proposal_takes_the_input_from_a_call_of_f():
+    text = "```python\ndef g(xs, k):\n    return xs[k:]\n\nprint(g([1, 2, 3], k=1))\n```"
+    lenient = parse_proposal("deduction", text, strict=False)
+    assert lenient.ok and lenient.input == "[1, 2, 3], k=1"
+    assert not parse_proposal("deduction", text, strict=True).ok
+
+
+def test_lenient_induction_collects_distinct_calls_of_f():
+    text = ("```python\ndef f(n):\n    return n * 2\n\nassert f(1) == 2\nassert f(5) == 10\nassert f(1) == 2\n```\n"
+            "It doubles.")
+    parsed = parse_proposal("induction", text, strict=False, n_inputs=10)
+    assert parsed.ok and parsed.inputs == ["1", "5"]
+
+
+def test_calls_of_f_ignores_calls_inside_functions_and_bad_code():
+    from azr.parsing import calls_of_f
+
+    assert calls_of_f("def f(x):\n    return f(x - 1) if x else 0\n") == []
+    assert calls_of_f("def f(:\n") == []
+    assert calls_of_f("def f(a):\n    return a\nx = [f('a'), f('b')]\n") == ["'a'", "'b'"]
