@@ -64,9 +64,6 @@ def config_validate(
     console.print(f"{file}: ok")
 
 
-import azr.sandbox.cli  # noqa: E402,F401  registers `azr validate`, `azr score cruxeval` and `azr sandbox build` on app
-
-
 model_app = typer.Typer(no_args_is_help=True, help="Prepare policy models.")
 app.add_typer(model_app, name="model")
 
@@ -116,3 +113,4 @@ def model_export(
 
 
 import azr.eval_cli  # noqa: E402,F401  registers `azr eval` and `azr compare` on app
+import azr.sandbox.cli  # noqa: E402,F401  registers `azr validate`, `azr score cruxeval` and `azr sandbox build` on app

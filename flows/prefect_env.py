@@ -47,5 +47,10 @@ def prepare_environment(runs_dir: Path, *, api_url: str | None = None, quiet: bo
     if quiet:
         os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", "CRITICAL")
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # per-stage weight-loading bars
+        # transformers may already be imported (the CLI's library commands import it), and it reads
+        # that variable once at import: switch its bars off directly too.
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
     for name in _NOISE_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
