@@ -70,6 +70,9 @@ def parse_proposal(task_type: str, text: str, strict: bool, n_inputs: int = 10) 
     if task_type == "induction":
         return _induction_proposal(region, blocks, strict, n_inputs)
     program_block = _program_block(blocks, strict)
+    if program_block is None and not strict:
+        program_block = _indented_def(region)
+        blocks = blocks + [program_block] if program_block else blocks
     if program_block is None:
         return ParsedProposal(ok=False, reason="no_code_block")
     if not _FUNCTION.search(program_block.body):
@@ -161,6 +164,23 @@ def _program_block(blocks: list[Block], strict: bool) -> Block | None:
     return candidates[-1] if candidates else None
 
 
+def _indented_def(region: str) -> Block | None:
+    """Lenient: a function written in prose without a fence: its `def` line and the indented lines after it."""
+    match = _FUNCTION.search(region)
+    if match is None:
+        return None
+    lines = region[match.start():].split("\n")
+    body = [lines[0]]
+    for line in lines[1:]:
+        if line.strip() and not line[0].isspace():
+            break
+        body.append(line)
+    return Block(label="python", body="\n".join(body).rstrip())
+
+
+_INLINE_CODE = re.compile(r"`([^`\n]+)`")
+
+
 def calls_of_f(text: str) -> list[str]:
     """Argument texts of the calls ``f(...)`` that code in ``text`` makes outside any function.
 
@@ -190,7 +210,8 @@ def _proposal_input(region: str, blocks: list[Block], program: Block, strict: bo
     labelled = _last_labelled(blocks, "input")
     if labelled is not None or strict:
         return labelled
-    calls = [call for block in blocks for call in calls_of_f(block.body)]
+    code = [block.body for block in blocks] + _INLINE_CODE.findall(region)
+    calls = [call for snippet in code for call in calls_of_f(snippet)]
     if calls:
         return calls[-1]
     others = [b.body for b in blocks[blocks.index(program) + 1:] if not _FUNCTION.search(b.body)]

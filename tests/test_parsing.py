@@ -88,3 +88,14 @@ def test_calls_of_f_ignores_calls_inside_functions_and_bad_code():
     assert calls_of_f("def f(x):\n    return f(x - 1) if x else 0\n") == []
     assert calls_of_f("def f(:\n") == []
     assert calls_of_f("def f(a):\n    return a\nx = [f('a'), f('b')]\n") == ["'a'", "'b'"]
+
+
+def test_lenient_proposal_reads_an_unfenced_function_and_an_inline_call():
+    """A real SmolLM2 shape: the function in prose, the input in an inline `f(7)`."""
+    text = ("This checks a number.\n\ndef f(num):\n    if num < 0:\n        return -1\n    return 1\n\n"
+            "For example, calling `f(7)` would return 1.")
+    lenient = parse_proposal("deduction", text, strict=False)
+    assert lenient.ok
+    assert lenient.program == "def f(num):\n    if num < 0:\n        return -1\n    return 1"
+    assert lenient.input == "7"
+    assert parse_proposal("deduction", text, strict=True).reason == "no_answer_tag"
