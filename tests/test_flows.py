@@ -135,7 +135,8 @@ def test_resume_names_a_directory_that_is_not_a_run(tmp_path):
 
 
 def test_failed_run_says_what_failed_and_how_to_continue(tmp_path):
-    result = run_azr("run", "--config", SMOKE_CONFIG, "--runs-dir", tmp_path, "--set", "model.name_or_path=/no/such/model")
+    result = run_azr("run", "--config", SMOKE_CONFIG, "--runs-dir", tmp_path, "--set", "model.name_or_path=/no/such/model",
+                     "--set", "eval.every=0")  # fail in the first stage, not the base-model evaluation
     assert result.returncode == 1
     err = result.stderr
     assert "run smoke failed: " in err and "ModelNotFoundError" in err and "/no/such/model" in err
