@@ -19,6 +19,7 @@ can be scored without a model.
 from __future__ import annotations
 
 import json
+import math
 import re
 import time
 import zlib
@@ -253,7 +254,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         raise ValueError(f"pass@{k} needs at least {k} samples per problem, got {n}")
     if n - c < k:
         return 1.0
-    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def eval_metrics(frame: pd.DataFrame, ks: list[int] = (1,)) -> dict[str, float]:

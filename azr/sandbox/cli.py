@@ -6,7 +6,6 @@ Registered on the library app by one import at the end of azr/cli.py.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections import Counter
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from azr.cli import ConfigOption, SetOption, app, console, err_console, resolve_config
+from azr.evaluation import pass_at_k
 
 sandbox_app = typer.Typer(no_args_is_help=True, help="Build and inspect the execution sandbox.")
 score_app = typer.Typer(no_args_is_help=True, help="Score generations against benchmarks.")
@@ -119,13 +119,6 @@ def validate_command(
     counts = Counter(result.status for result in results)
     summary = ", ".join(f"{status} {count}" for status, count in counts.most_common())
     console.print(f"{len(rows)} rows validated in {time.monotonic() - started:.1f} s ({backend}): {summary} -> {out}")
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """CRUXEval's unbiased pass@k estimator (1.0 whenever fewer than k samples are wrong)."""
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 def read_generations(path: Path) -> dict[str, list[str]]:
