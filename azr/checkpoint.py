@@ -25,7 +25,7 @@ from peft import PeftModel, get_peft_model
 
 from azr.artifacts import ArtifactError, RunDir, file_sha256, read_json, write_json
 from azr.config import ModelConfig
-from azr.model import load_model
+from azr.model import generation_dtype, load_model
 
 META_FILE = "checkpoint.json"
 
@@ -93,8 +93,14 @@ def load_policy(model_config: ModelConfig, checkpoint: Path | None = None, *, tr
 
     With `trainable`, a LoRA checkpoint comes back as a PeftModel whose adapters train (and fresh
     adapters are added when `model_config.lora.enabled` and there is no checkpoint yet); without it,
-    the adapters are merged into the weights, so generation pays nothing for them.
+    the adapters are merged into the weights, so generation pays nothing for them, and the weights
+    are cast to `model_config.generation_dtype`.
     """
+    model, tokenizer = _load_policy(model_config, checkpoint, trainable)
+    return (model if trainable else model.to(generation_dtype(model_config))), tokenizer
+
+
+def _load_policy(model_config: ModelConfig, checkpoint: Path | None, trainable: bool):
     meta = read_meta(checkpoint) if checkpoint is not None else None
     if meta is not None and meta["base_model"] != model_config.name_or_path:
         raise ValueError(f"{checkpoint}: trained from {meta['base_model']!r} but model.name_or_path "

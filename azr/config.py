@@ -58,7 +58,15 @@ class ModelConfig(Section):
         "~/.cache/azr/models", description="Where converted built-in models are cached (AZR_CACHE_DIR overrides)."
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype for generation and training (float32 on CPU)."
+        "float32", description="Weights dtype for training, and for generation unless generation_dtype says otherwise."
+    )
+    generation_dtype: Literal["same", "auto", "float32", "bfloat16", "float16"] = Field(
+        "same",
+        description=(
+            "Weights dtype for generation (propose, solve, eval). same: dtype. auto: bfloat16 where the hardware "
+            "runs it natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), else dtype. When it differs "
+            "from dtype, the train step takes its own log-probs as the PPO old ones instead of the recorded ones."
+        ),
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the training step.")
     lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA fine-tuning settings.")

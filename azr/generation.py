@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import torch
 from transformers import (
-    DynamicCache,
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
@@ -23,6 +22,7 @@ from transformers import (
 )
 
 from azr.config import SamplingConfig
+from azr.kv_cache import batched_prefill
 
 
 @dataclass
@@ -74,29 +74,29 @@ def generate(
 def _generate_chunk(model, tokenizer, prompts, sampling, generator) -> list[_Row]:
     encoded = tokenizer(
         prompts,
-        return_tensors="pt",
-        padding=True,
         truncation=True,
         max_length=sampling.max_prompt_tokens,
         add_special_tokens=not tokenizer.chat_template,  # a chat template already wrote the special tokens
-    ).to(model.device)
-    input_ids, attention_mask = encoded["input_ids"], encoded["attention_mask"]
-    rows = [_Row(ids[mask.bool()].tolist(), [], []) for ids, mask in zip(input_ids, attention_mask)]
+    )
+    rows = [_Row(list(ids), [], []) for ids in encoded["input_ids"]]
     eos_ids = _eos_ids(model, tokenizer)
     warpers = _warpers(sampling)
-    cache = DynamicCache(config=model.config)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
+    logits, cache, attention_mask = batched_prefill(model, [row.prompt_ids for row in rows])
+    position_ids = torch.tensor([[len(row.prompt_ids)] for row in rows], device=model.device)
     active = list(range(len(rows)))  # rows still generating, in cache order
-    for _ in range(sampling.max_new_tokens):
-        logits = model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        ).logits[:, -1, :].float()
-        tokens = _sample(logits, sampling, warpers, input_ids, generator)
+    for step in range(sampling.max_new_tokens):
+        if step:
+            logits = model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            ).logits[:, -1, :]
+            position_ids = position_ids + 1
+        logits = logits.float()
+        tokens = _sample(logits, sampling, warpers, generator)
         logprobs = logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
         for index, token, logprob in zip(active, tokens.tolist(), logprobs.tolist()):
             row = rows[index]
@@ -113,7 +113,6 @@ def _generate_chunk(model, tokenizer, prompts, sampling, generator) -> list[_Row
             active = [active[i] for i in keep]
         input_ids = tokens[:, None]
         attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=-1)
-        position_ids = position_ids[:, -1:] + 1
     for row in rows:
         row.finish_reason = row.finish_reason or "length"
     return rows
@@ -128,11 +127,11 @@ def _warpers(sampling: SamplingConfig) -> LogitsProcessorList:
     return warpers
 
 
-def _sample(logits: torch.Tensor, sampling: SamplingConfig, warpers: LogitsProcessorList, input_ids: torch.Tensor,
+def _sample(logits: torch.Tensor, sampling: SamplingConfig, warpers: LogitsProcessorList,
             generator: torch.Generator) -> torch.Tensor:
     if sampling.temperature == 0:
         return logits.argmax(-1)
-    probs = warpers(input_ids, logits).softmax(-1)
+    probs = warpers(None, logits).softmax(-1)  # temperature and top-p never look at past tokens
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 

@@ -161,6 +161,24 @@ def load_model(
     return model, tokenizer
 
 
+def generation_dtype(config: ModelConfig) -> torch.dtype:
+    """The dtype generation runs in: `config.generation_dtype`, with `same` and `auto` resolved."""
+    choice = config.generation_dtype
+    if choice == "auto":
+        choice = "bfloat16" if _native_bfloat16() else "same"
+    return getattr(torch, config.dtype if choice == "same" else choice)
+
+
+def _native_bfloat16() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # not Linux: no cheap way to tell, and emulated bf16 is slower than float32
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def _cached(target: Path, build) -> Path:
     """Return `target` if a finished build is there; else build into a temp dir and rename it in."""
     if (target / PREPARED_MARKER).is_file():

@@ -151,11 +151,13 @@ def reference_logprobs(model: torch.nn.Module, reference: torch.nn.Module | None
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                samples: Sequence[Sample], cfg: TrainingConfig,
-               reference: torch.nn.Module | None = None) -> dict[str, float]:
+               reference: torch.nn.Module | None = None, use_recorded_logprobs: bool = True) -> dict[str, float]:
     """One policy update over all `samples`; returns the metrics train.json reports.
 
     `reference` is the initial model for the KL term when `cfg.kl_coef > 0` (not needed for LoRA,
-    whose initial model is the same model with adapters disabled).
+    whose initial model is the same model with adapters disabled). Without `use_recorded_logprobs`
+    (generation ran in another dtype, so its log-probs are not this model's), the PPO old log-probs
+    are this forward pass's own, detached: the step is one update, so that is the policy that sampled.
     """
     total_tokens = sum(len(s.response_ids) for s in samples)
     if total_tokens == 0:
@@ -172,7 +174,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
         batch = {k: v.to(device) for k, v in collate(ordered[start:start + cfg.micro_batch_size]).items()}
         mask = batch["response_mask"]
         logprobs, entropy = response_logprobs(model, batch)
-        pg, clipped = policy_loss(logprobs, batch["old_logprobs"], batch["advantages"], cfg.clip_ratio)
+        old_logprobs = batch["old_logprobs"] if use_recorded_logprobs else logprobs.detach()
+        pg, clipped = policy_loss(logprobs, old_logprobs, batch["advantages"], cfg.clip_ratio)
         token_loss = pg - cfg.entropy_coef * entropy
         if use_kl:
             kl = kl_to_reference(logprobs, reference_logprobs(model, reference, batch))

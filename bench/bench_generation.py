@@ -58,12 +58,13 @@ def main() -> None:
     # short generation is compute-bound either way, and batching only speeds up decoding.
     parser.add_argument("--max-new-tokens", type=int, default=256)
     parser.add_argument("--temperature", type=float, default=0.0)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model.dtype")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, tokenizer = load_model(ModelConfig(name_or_path=args.model))
+    model, tokenizer = load_model(ModelConfig(name_or_path=args.model, dtype=args.dtype))
     rendered = [prompts.render_chat(tokenizer, p) for p in bench_prompts(args.batch)]
     settings = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
     batched_cfg = SamplingConfig(batch_size=args.batch, **settings)
@@ -77,7 +78,7 @@ def main() -> None:
     prompt_lengths = [len(g.prompt_ids) for g in batched]
 
     print(f"model {args.model}, {args.batch} prompts ({min(prompt_lengths)}-{max(prompt_lengths)} prompt tokens), "
-          f"max_new_tokens {args.max_new_tokens}, temperature {args.temperature}, torch threads {torch.get_num_threads()}")
+          f"max_new_tokens {args.max_new_tokens}, {args.dtype}, temperature {args.temperature}, torch threads {torch.get_num_threads()}")
     print(f"one at a time : {single_tokens:6d} tokens in {single_s:7.2f} s = {single_tokens / single_s:8.1f} tokens/s")
     print(f"batch of {args.batch:<5d}: {batched_tokens:6d} tokens in {batched_s:7.2f} s = {batched_tokens / batched_s:8.1f} tokens/s")
     if args.temperature == 0:

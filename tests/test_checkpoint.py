@@ -133,3 +133,13 @@ def test_prune_keeps_the_newest_and_the_last_k_and_their_metadata(tmp_path):
     load_policy(TINY, run_dir.checkpoint_dir(5))
     with pytest.raises(ArtifactError, match="pruned"):
         read_meta(run_dir.checkpoint_dir(4))
+
+
+def test_generation_runs_in_generation_dtype_and_training_in_dtype():
+    config = ModelConfig(name_or_path="tiny-random", generation_dtype="bfloat16")
+    generating, _ = load_policy(config)
+    training, _ = load_policy(config, trainable=True)
+    assert next(generating.parameters()).dtype == torch.bfloat16
+    assert next(training.parameters()).dtype == torch.float32
+    same, _ = load_policy(ModelConfig(name_or_path="tiny-random"))
+    assert next(same.parameters()).dtype == torch.float32

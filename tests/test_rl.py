@@ -180,3 +180,16 @@ def test_gradient_checkpointing_turns_on_for_full_and_lora_models(lora):
     rl.enable_gradient_checkpointing(model)
     assert model.is_activation_checkpointing
     assert step(model, make_samples(model, tokenizer, [1.0, -1.0]))["grad_norm"] > 0
+
+
+def test_without_recorded_logprobs_the_step_uses_its_own():
+    """Generation in another dtype: the recorded log-probs are ignored, so the ratio is exactly 1."""
+    model, tokenizer = tiny_model()
+    samples = make_samples(model, tokenizer, [1.0, 1.0])
+    higher = [rl.Sample(s.prompt_ids, s.response_ids, [x - 1.0 for x in s.logprobs], s.advantage) for s in samples]
+    cfg = TrainingConfig(learning_rate=1e-9, entropy_coef=0.0)
+    optimizer, scheduler = rl.build_optimizer(model, cfg)
+    metrics = rl.train_step(model, optimizer, scheduler, higher, cfg, use_recorded_logprobs=False)
+    assert metrics["clip_fraction"] == 0.0  # with the recorded ones every token would be clipped (test above)
+    assert metrics["pg_loss"] == pytest.approx(-1.0, abs=1e-4)
+    assert metrics["grad_norm"] > 0.0
