@@ -112,6 +112,12 @@ class ExecutorConfig(Section):
     max_output_chars: int = Field(10_000, gt=0, description="Longest output repr returned by the sandbox.")
     worker_slots: int = Field(4, gt=0, description="Programs each worker/container runs at once (one forked child each).")
     container_cpus: float = Field(1.0, gt=0.0, description="CPU limit per sandbox container.")
+    docker_transport: Literal["auto", "socket", "attach"] = Field(
+        "auto",
+        description="How the host talks to a container's runner: socket (a Unix socket mounted read-only into it; "
+        "fastest), attach (stdin/stdout relayed by the daemon; works with remote daemons). auto: socket when the "
+        "daemon runs on this Linux machine, else attach.",
+    )
     banned_modules: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BANNED_MODULES),
         description="Modules a program may not import (checked on the AST, including __import__/importlib).",

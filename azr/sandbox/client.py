@@ -24,6 +24,9 @@ from azr.config import ExecutorConfig
 log = logging.getLogger(__name__)
 
 RUNNER_PATH = Path(__file__).with_name("runner.py")
+# Resolve every shared-library symbol when the runner starts: lazily, each forked child would
+# resolve (and copy-on-write) the same symbol table entries again.
+RUNNER_ENV = {"LD_BIND_NOW": "1"}
 START_SECONDS = 60.0  # a worker must say hello within this (a container start on a busy daemon is slow)
 HANG_GRACE_SECONDS = 10.0  # silence beyond the per-program limit that marks a worker as hung
 JOBS_PER_SLOT = 8  # jobs queued at a worker per slot: keeps its children busy while answers travel

@@ -17,7 +17,7 @@ import tempfile
 import time
 from typing import Any
 
-from azr.sandbox.client import RUNNER_PATH, START_SECONDS, SandboxError, read_hello
+from azr.sandbox.client import RUNNER_ENV, RUNNER_PATH, START_SECONDS, SandboxError, read_hello
 
 log = logging.getLogger(__name__)
 NOBODY = 65534
@@ -58,7 +58,7 @@ class ProcessWorker:
         os.chmod(self.workdir, 0o1777)  # children may run as nobody
         self.stderr = tempfile.TemporaryFile()
         # A minimal environment: the host's variables (tokens, paths) are not the program's business.
-        env = {"PYTHONHASHSEED": "0", "PATH": os.defpath, "LANG": "C.UTF-8"}
+        env = {"PYTHONHASHSEED": "0", "PATH": os.defpath, "LANG": "C.UTF-8", **RUNNER_ENV}
         python, self.child_uid = choose_interpreter()
         self.process = subprocess.Popen(
             [python, "-S", str(RUNNER_PATH)],

@@ -384,23 +384,26 @@ def zygote_main(control, config):
         _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: escaped grandchildren are re-parented to us
     poller = select.poll()
     poller.register(control, select.POLLIN)
+    buffer = bytearray(MAX_JOB_BYTES + 64)  # reused: a fresh 150 KB buffer per message is an mmap and its faults
+    fd_space = socket.CMSG_SPACE(4)
     running = {}  # pid -> (sequence, pidfd)
     last_scan, dirty = time.monotonic(), False
     while True:
         timeout = max(0.0, last_scan + ORPHAN_SCAN_SECONDS - time.monotonic()) * 1000 if dirty else None
         for fd, _ in poller.poll(timeout):
             if fd == control.fileno():
-                message, fds, _, _ = socket.recv_fds(control, MAX_JOB_BYTES + 64, 1)
-                if not message:
+                size, ancillary, _, _ = control.recvmsg_into([buffer], fd_space)
+                if not size:
                     _exit(0)  # the server is gone
-                (sequence,) = HEADER.unpack_from(message)
+                (sequence,) = HEADER.unpack_from(buffer)
+                result_fd = struct.unpack_from("i", ancillary[0][2])[0]
                 pid = os.fork()
                 if pid == 0:
                     try:
-                        child_main(message[HEADER.size :], fds[0], config)
+                        child_main(memoryview(buffer)[HEADER.size : size], result_fd, config)
                     finally:
                         _exit(0)  # never fall back into the zygote loop
-                os.close(fds[0])
+                os.close(result_fd)
                 pidfd = os.pidfd_open(pid)
                 running[pid] = (sequence, pidfd)
                 poller.register(pidfd, select.POLLIN)
@@ -762,11 +765,26 @@ def ensure_fixed_hash_seed():
     if os.environ.get("PYTHONHASHSEED") == "0" and not sys.flags.hash_randomization:
         return
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    os.execve(sys.executable, [sys.executable, "-S", os.path.abspath(__file__)], env)
+    os.execve(sys.executable, [sys.executable, "-S", os.path.abspath(__file__), *sys.argv[1:]], env)
+
+
+def connect_stdio(argv):
+    """`--connect PATH`: talk over the Unix socket at PATH instead of stdin/stdout (docker's socket transport)."""
+    if not argv:
+        return
+    if len(argv) != 2 or argv[0] != "--connect":
+        sys.stderr.write(f"usage: runner.py [--connect SOCKET_PATH], got {argv}\n")
+        sys.exit(2)
+    connection = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    connection.connect(argv[1])
+    os.dup2(connection.fileno(), 0)
+    os.dup2(connection.fileno(), 1)
+    connection.close()
 
 
 def main():
     ensure_fixed_hash_seed()
+    connect_stdio(sys.argv[1:])
     config, rest = read_config()
     network = unshare_network() if config["unshare_net"] else None
     import gc
