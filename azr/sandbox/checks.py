@@ -41,6 +41,11 @@ def _first_problem(texts: list[str], banned: list[str], what: str) -> str | None
     return None
 
 
+def _banned_field(sandbox: "Sandbox", banned: list[str]) -> dict[str, list[str]]:
+    """Nothing when `banned` is the pool's own list (the runners have it), else the list itself."""
+    return {} if list(banned) == list(sandbox.config.banned_modules) else {"banned": list(banned)}
+
+
 def _run(sandbox: "Sandbox", jobs: dict[int, dict[str, Any]]) -> dict[int, dict[str, Any]]:
     """Run the jobs that passed the host checks; keyed by item index."""
     indices = list(jobs)
@@ -51,6 +56,7 @@ def validate(sandbox: "Sandbox", items: list[tuple[str, list[str]]], banned: lis
     results: dict[int, ValidationResult] = {}
     jobs: dict[int, dict[str, Any]] = {}
     normalised: dict[int, str] = {}
+    banned_field = _banned_field(sandbox, banned)
     for index, item in enumerate(items):
         program, inputs = _unpack(item, 2, "(program, inputs)", index)
         program, inputs = _text(program, "program", index), _texts(inputs, "inputs", index)
@@ -61,7 +67,7 @@ def validate(sandbox: "Sandbox", items: list[tuple[str, list[str]]], banned: lis
         if reason:
             results[index] = ValidationResult(program_status(reason), normalised[index] or program, [], reason, 0.0)
             continue
-        jobs[index] = {"kind": "validate", "program": normalised[index], "inputs": inputs, "runs": sandbox.config.determinism_runs, "banned": banned}
+        jobs[index] = {"kind": "validate", "program": normalised[index], "inputs": inputs, "runs": sandbox.config.determinism_runs, **banned_field}
     for index, answer in _run(sandbox, jobs).items():
         results[index] = ValidationResult(
             answer["status"], normalised[index], answer.get("outputs", []), answer.get("error"), answer.get("seconds", 0.0)
@@ -85,7 +91,7 @@ def check_deduction(sandbox: "Sandbox", items: list[tuple[str, str]]) -> list[Ch
         if reason:
             refused[index] = CheckResult(False, program_status(reason), reason)
         else:
-            jobs[index] = {"kind": "deduction", "gold": gold, "answer": answer, "banned": banned}
+            jobs[index] = {"kind": "deduction", "gold": gold, "answer": answer}
     return _checks(sandbox, jobs, refused, len(items))
 
 
@@ -102,7 +108,7 @@ def check_abduction(sandbox: "Sandbox", items: list[tuple[str, str, str]]) -> li
         if reason:
             refused[index] = CheckResult(False, program_status(reason), reason)
         else:
-            jobs[index] = {"kind": "abduction", "program": program, "answer": answer, "gold": gold, "banned": banned}
+            jobs[index] = {"kind": "abduction", "program": program, "answer": answer, "gold": gold}
     return _checks(sandbox, jobs, refused, len(items))
 
 
@@ -120,5 +126,5 @@ def check_induction(sandbox: "Sandbox", items: list[tuple[str, list[str], list[s
         if reason:
             refused[index] = CheckResult(False, program_status(reason), reason)
         else:
-            jobs[index] = {"kind": "induction", "program": program, "inputs": inputs, "golds": golds, "banned": banned}
+            jobs[index] = {"kind": "induction", "program": program, "inputs": inputs, "golds": golds}
     return _checks(sandbox, jobs, refused, len(items))

@@ -81,6 +81,7 @@ def runner_config(config: ExecutorConfig, **extra: Any) -> dict[str, Any]:
         "memory_mb": config.memory_mb,
         "max_output_chars": config.max_output_chars,
         "slots": config.worker_slots,
+        "banned": list(config.banned_modules),  # jobs checked against another list carry their own
         **extra,
     }
 

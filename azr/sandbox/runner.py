@@ -47,12 +47,13 @@ DEFAULT_CONFIG = {
     "child_uid": None,  # run children as this uid/gid (process backend started as root)
     "workdir": None,  # children's working directory
     "parent_death_signal": True,  # children get SIGKILL when the runner dies (process backend)
+    "banned": [],  # modules a program may not import, for jobs that do not list their own
 }
-JOB_FIELDS = {
-    "validate": {"program": str, "inputs": list, "runs": int, "banned": list},
-    "deduction": {"gold": str, "answer": str, "banned": list},
-    "abduction": {"program": str, "answer": str, "gold": str, "banned": list},
-    "induction": {"program": str, "inputs": list, "golds": list, "banned": list},
+JOB_FIELDS = {  # required fields; any job may also carry "banned", a list that replaces the config's
+    "validate": {"program": str, "inputs": list, "runs": int},
+    "deduction": {"gold": str, "answer": str},
+    "abduction": {"program": str, "answer": str, "gold": str},
+    "induction": {"program": str, "inputs": list, "golds": list},
 }
 MAX_LINE = 16 * 1024 * 1024
 ORPHAN_SCAN_SECONDS = 1.0
@@ -235,14 +236,15 @@ def run_induction(job, scope, limit):
     return {"correct": True}
 
 
-def compile_job(job):
+def compile_job(job, banned):
     """What a child needs to run a job, compiled here in the server: the child then only executes.
 
     Compiling in a freshly forked child was a third of its cost (the compiler's allocations land on
     copy-on-write pages). Compiling runs none of the program. Raises Failure('syntax').
+    `banned` is the frozenset used when the job lists none.
     """
     kind = job["kind"]
-    compiled = {"kind": kind, "runs": job.get("runs", 1), "banned": job["banned"]}
+    compiled = {"kind": kind, "runs": job.get("runs", 1), "banned": frozenset(job["banned"]) if "banned" in job else banned}
     if kind != "deduction":
         compiled["program"] = compile_program(job["program"])
     if kind in ("validate", "induction"):
@@ -336,7 +338,7 @@ def child_main(payload, result_fd, config):
         if config["workdir"]:
             os.chdir(config["workdir"])
         job = _loads(payload)
-        _banned = frozenset(job["banned"])
+        _banned = job["banned"]
     except BaseException as exc:  # cannot set up the limits: refuse to run the program
         _write(3, encode_result("killed", "", f"sandbox setup failed: {exc!r}"))
         return
@@ -495,6 +497,8 @@ def job_error(line):
     for field, kind_type in JOB_FIELDS[kind].items():
         if not isinstance(line.get(field), kind_type):
             return f"{kind} job field {field!r} must be a {kind_type.__name__}"
+    if "banned" in line and not isinstance(line["banned"], list):
+        return f"{kind} job field 'banned' must be a list"
     for field in ("inputs", "golds", "banned"):
         if field in line and not all(isinstance(item, str) for item in line[field]):
             return f"{kind} job field {field!r} must be a list of strings"
@@ -510,6 +514,7 @@ class Server:
 
     def __init__(self, config):
         self.config = config
+        self.banned = frozenset(config["banned"])
         self.selector = selectors.DefaultSelector()
         self.queue = collections.deque()
         self.children = {}  # sequence -> Child
@@ -617,7 +622,7 @@ class Server:
             self.send({"id": job.get("id"), "status": "malformed", "error": problem})
             return
         try:
-            payload = _marshal_dumps(compile_job(job))
+            payload = _marshal_dumps(compile_job(job, self.banned))
         except Failure as exc:
             self.send({"id": job.get("id"), "status": exc.status, "error": exc.error, "error_type": exc.error_type, "seconds": 0.0})
             return
