@@ -34,6 +34,8 @@ def docker_problem(config: ExecutorConfig) -> str | None:
 
 
 def open_backend(backend: str, **overrides) -> object:
+    if backend == "docker-attach":  # the docker backend over the daemon's attach stream instead of a socket
+        backend, overrides = "docker", {**overrides, "docker_transport": "attach"}
     config = ExecutorConfig(backend=backend, **{**LIMITS, **overrides})
     if backend == "docker":
         problem = docker_problem(config)
@@ -45,9 +47,11 @@ def open_backend(backend: str, **overrides) -> object:
 
 
 BACKENDS = ["process", pytest.param("docker", marks=pytest.mark.docker)]
+# Conformance also runs over docker's second transport; the CRUXEval tests use BACKENDS only.
+CONFORMANCE_BACKENDS = [*BACKENDS, pytest.param("docker-attach", marks=pytest.mark.docker)]
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
+@pytest.fixture(scope="module", params=CONFORMANCE_BACKENDS)
 def sandbox(request):
     os.environ["AZR_TEST_SECRET"] = SECRET  # must not reach any program
     try:
@@ -281,6 +285,22 @@ def test_environment_and_files_of_the_host_stay_out(sandbox, tmp_path):
     if sandbox.backend == "docker":  # the container's own /etc/passwd, not the host's
         with open("/etc/passwd") as fh:
             assert passwd.outputs[0] != repr(fh.read()[:500])
+
+
+def test_a_program_cannot_reach_the_hosts_runner_socket(sandbox):
+    """The socket transport's socket is gone once the runner has connected: nothing else can talk to the host."""
+    if sandbox.backend != "docker":
+        pytest.skip("only the docker backend mounts a socket directory")
+    from azr.sandbox.docker_backend import SOCKET_MOUNT
+
+    program = (
+        "import os, socket\ndef f(x):\n    s = socket.socket(socket.AF_UNIX)\n    try:\n"
+        f"        s.connect({SOCKET_MOUNT + '/runner.sock'!r})\n        return 'connected'\n"
+        f"    except OSError as exc:\n        return [type(exc).__name__, os.path.exists({SOCKET_MOUNT!r}) and os.listdir({SOCKET_MOUNT!r})]"
+    )
+    result = validate_one(sandbox, program, ["1"], banned=[])
+    assert result.status == "ok", result.error
+    assert "connected" not in result.outputs[0] and "runner.sock" not in result.outputs[0]
 
 
 def test_no_network(sandbox):
