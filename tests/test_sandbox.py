@@ -425,6 +425,22 @@ def test_hung_worker_is_replaced(backend, monkeypatch):
         assert_serving(box)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_idle_worker_is_not_taken_for_a_hung_one(backend, monkeypatch):
+    """Silence while the pool had nothing to do (the model generating, say) is not a hang."""
+    monkeypatch.setattr(client_module, "HANG_GRACE_SECONDS", 1.0)
+    with open_backend(backend, pool_size=2, timeout_seconds=1.0, cpu_seconds=1) as box:
+        time.sleep(3.0)  # longer than timeout + grace
+        window = box.config.worker_slots * client_module.JOBS_PER_SLOT
+        # The first worker gets `window` quick jobs, the second one slow job: the first answers while
+        # the second is still silent, and must not be replaced for the silence of its idle time.
+        slow = "def f(x):\n    n = 0\n    for i in range(3_000_000):\n        n += i\n    return x"
+        items = [("def f(x):\n    return x", ["1"])] * window + [(slow, ["2"])]
+        results = box.validate(items)
+        assert [(r.status, r.outputs) for r in results] == [("ok", ["1"])] * window + [("ok", ["2"])]
+        assert box.replaced == 0
+
+
 def kill_worker(worker) -> None:
     if hasattr(worker, "process"):
         worker.process.kill()

@@ -186,6 +186,8 @@ class Sandbox:
         hang_after = self.config.timeout_seconds + HANG_GRACE_SECONDS
         while pending or any(slot.outstanding for slot in self._slots):
             for slot in self._slots:
+                if pending and not slot.outstanding:
+                    slot.last_heard = time.monotonic()  # silence while it had nothing to do is not a hang
                 while pending and len(slot.outstanding) < window:
                     index = pending.popleft()
                     job_id = next(self._ids)
