@@ -108,6 +108,31 @@ def test_many_inputs_many_programs_keep_their_order(sandbox):
     assert [r.outputs for r in results] == [[str(i + j) for j in range(3)] for i in range(40)]
 
 
+def nested(levels: int, wrap) -> object:
+    value = 0
+    for _ in range(levels):
+        value = wrap(value)
+    return value
+
+
+def test_shared_and_special_values_evaluate_back(sandbox):
+    expected = [[1], [1], {"k": ([1], -0.0, 2j, 1e300)}, set(), frozenset()]
+    result = validate_one(sandbox, "def f(x):\n    a = [1]\n    return [a, a, {'k': (a, -0.0, 2j, 1e300)}, set(), frozenset()]", ["1"])
+    assert (result.status, result.outputs) == ("ok", [repr(expected)]), result.error
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_nesting_limit_is_the_parsers(backend):
+    """A repr that nests more brackets than Python's parser accepts (200) does not evaluate back."""
+    program = "def f(n):\n    v = 0\n    for _ in range(n):\n        v = {}\n    return v"
+    cases = {("[v]", 200): "ok", ("[v]", 201): "bad_output", ("frozenset({v})", 100): "ok", ("frozenset({v})", 101): "bad_output"}
+    with open_backend(backend, max_output_chars=10_000) as box:
+        results = box.validate([(program.format(wrap), [str(n)]) for wrap, n in cases])
+    assert [r.status for r in results] == list(cases.values()), [r.error for r in results]
+    assert all("nested" in r.error for r in results if r.status == "bad_output")
+    assert results[0].outputs == [repr(nested(200, lambda v: [v]))]
+
+
 # ------------------------------------------------------------------ ground-truth failures
 
 
@@ -128,6 +153,8 @@ def test_many_inputs_many_programs_keep_their_order(sandbox):
         ("def f(x):\n    return lambda: x", "bad_output"),
         ("def f(x):\n    return object()", "bad_output"),
         ("def f(x):\n    return float('nan')", "bad_output"),
+        ("def f(x):\n    return [1.5, {'a': (2, float('-inf'))}]", "bad_output"),
+        ("def f(x):\n    return complex(1, float('inf'))", "bad_output"),
         ("def f(x):\n    a = []\n    a.append(a)\n    return a", "bad_output"),
         ("def f(x):\n    return 'x' * 5000", "bad_output"),  # repr longer than max_output_chars
     ],

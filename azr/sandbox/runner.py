@@ -90,7 +90,6 @@ class BannedImport(ImportError):
 # ---------------------------------------------------------------- inside the child
 
 
-_devnull = None  # opened once by the zygote
 _banned = frozenset()  # set in each child, before the program runs
 _hits = []  # banned imports the program attempted, even ones it caught
 
@@ -166,13 +165,35 @@ def output_repr(value, limit):
     return text
 
 
-def check_round_trip(text, value):
-    try:
-        restored = _eval(text, {"__builtins__": _RESTORE_NAMES})
-    except _BaseException as exc:
-        raise Failure("bad_output", f"output repr does not evaluate back: {_type(exc).__name__}: {exc}") from None
-    if not (is_plain(restored) and restored == value):
-        raise Failure("bad_output", "output repr evaluates to a different value")
+MAX_NESTING = 200  # open brackets Python's parser accepts at once ("too many nested parentheses" past it)
+
+
+def round_trip_problem(value):
+    """Why the repr of a plain value would not evaluate back to an equal value, else None.
+
+    For builtin data types that happens exactly when a float (or a complex part) is not finite
+    (`nan` and `inf` are not literals) or the repr nests brackets deeper than the parser accepts (a
+    cycle nests without end). Checking that here, instead of evaluating the repr, spares each child
+    the parser's allocations.
+    """
+    stack, deepest = [(value, 0)], {}
+    while stack:
+        item, depth = stack.pop()
+        kind = _type(item)
+        if kind is float or kind is complex:
+            if kind is complex and (item.real - item.real != 0.0 or item.imag - item.imag != 0.0) or kind is float and item - item != 0.0:
+                return f"{item!r} is not a finite number, so its repr is not a literal"
+            continue
+        if kind is dict or kind in _CONTAINERS:
+            depth += 2 if kind is frozenset and item else 1  # frozenset({...}) opens two brackets
+            if depth > MAX_NESTING:
+                return f"brackets nested more than {MAX_NESTING} deep (or a container that contains itself)"
+            if deepest.get(_id(item), -1) >= depth:
+                continue  # already checked at this depth or deeper
+            deepest[_id(item)] = depth
+            children = [*dict.keys(item), *dict.values(item)] if kind is dict else item
+            stack.extend((child, depth) for child in children)
+    return None
 
 
 _keep_alive = []
@@ -196,7 +217,9 @@ def run_validate(job, scope, limit):
             if run and out != first:
                 raise Failure("nondeterministic", f"input {number}: call {run + 1} returned {out[:200]}, call 1 returned {first[:200]}")
             first = out
-        check_round_trip(first, value)
+        problem = round_trip_problem(value)
+        if problem:
+            raise Failure("bad_output", f"output repr does not evaluate back: {problem}")
         outputs.append(first)
     return {"outputs": outputs}
 
@@ -326,13 +349,16 @@ STATUSES = {"ok", "error", "timeout", "memory", "killed", "banned", "syntax", "n
 
 
 def child_main(payload, result_fd, config):
-    """Runs in a child forked by the zygote, writes the result on fd 3; the caller must _exit whatever happens."""
+    """Runs in a child forked by the zygote, writes the result on fd 3; the caller must _exit whatever happens.
+
+    stdin/stdout/stderr are already /dev/null (the zygote's own). The job is unmarshalled here, not
+    in the zygote: the zygote's pages are shared with its running children, so every object it
+    makes costs a page copy of its own.
+    """
     global _banned
     try:
         os.setpgid(0, 0)
-        for fd in (0, 1, 2):
-            os.dup2(_devnull, fd)
-        os.dup2(result_fd, 3)  # after the devnull copies: devnull itself may be fd 3
+        os.dup2(result_fd, 3)
         os.closerange(4, 1 << 20)  # the zygote's socket and other children's descriptors included
         limit_child(config)
         if config["workdir"]:
@@ -379,8 +405,11 @@ MAX_JOB_BYTES = 150_000  # one SEQPACKET message (the default socket buffer is a
 
 def zygote_main(control, config):
     """Fork a child per job message; report starts and exits; kill processes that escape."""
-    global _devnull
-    _devnull = os.open(os.devnull, os.O_RDWR)
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):  # the server's protocol streams are none of a child's business
+        os.dup2(devnull, fd)
+    if devnull > 2:
+        os.close(devnull)
     limit_zygote(config)
     if _libc is not None:
         _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: escaped grandchildren are re-parented to us
