@@ -415,54 +415,68 @@ def zygote_main(control, config):
         _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: escaped grandchildren are re-parented to us
     poller = select.poll()
     poller.register(control, select.POLLIN)
+    control_fd = control.fileno()
     buffer = bytearray(MAX_JOB_BYTES + 64)  # reused: a fresh 150 KB buffer per message is an mmap and its faults
     fd_space = socket.CMSG_SPACE(4)
     running = {}  # pid -> (sequence, pidfd)
     last_scan, dirty = time.monotonic(), False
+    # Every page this loop writes between two forks is a page fault (the previous child shares it),
+    # so it makes few objects and raises no exceptions on the usual paths.
+    exited = False  # a pidfd fired, or a killed process group may have left zombies to collect
     while True:
         timeout = max(0.0, last_scan + ORPHAN_SCAN_SECONDS - time.monotonic()) * 1000 if dirty else None
         for fd, _ in poller.poll(timeout):
-            if fd == control.fileno():
-                size, ancillary, _, _ = control.recvmsg_into([buffer], fd_space)
-                if not size:
-                    _exit(0)  # the server is gone
-                (sequence,) = HEADER.unpack_from(buffer)
-                result_fd = struct.unpack_from("i", ancillary[0][2])[0]
-                pid = os.fork()
-                if pid == 0:
-                    try:
-                        child_main(memoryview(buffer)[HEADER.size : size], result_fd, config)
-                    finally:
-                        _exit(0)  # never fall back into the zygote loop
-                os.close(result_fd)
-                pidfd = os.pidfd_open(pid)
-                running[pid] = (sequence, pidfd)
-                poller.register(pidfd, select.POLLIN)
-                control.send(EVENT.pack(1, sequence, pid, 0.0, 0))
-                dirty = True
-        reap(running, poller, control)
+            if fd != control_fd:
+                exited = True  # a child's pidfd: it has exited, reap() below collects it
+                continue
+            size, ancillary, _, _ = control.recvmsg_into([buffer], fd_space)
+            if not size:
+                _exit(0)  # the server is gone
+            (sequence,) = HEADER.unpack_from(buffer)
+            result_fd = struct.unpack_from("i", ancillary[0][2])[0]
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    child_main(memoryview(buffer)[HEADER.size : size], result_fd, config)
+                finally:
+                    _exit(0)  # never fall back into the zygote loop
+            os.close(result_fd)
+            pidfd = os.pidfd_open(pid)
+            running[pid] = (sequence, pidfd)
+            poller.register(pidfd, select.POLLIN)
+            control.send(EVENT.pack(1, sequence, pid, 0.0, 0))
+            dirty = True
+        if exited:
+            exited = reap(running, poller, control)
         if dirty and time.monotonic() - last_scan >= ORPHAN_SCAN_SECONDS:
             last_scan, dirty = time.monotonic(), kill_orphans(running)
+            exited = exited or dirty  # the orphans it killed become zombies for reap() to collect
 
 
 def reap(running, poller, control):
+    """Collect exited children (report each, kill what is left of its group) and adopted orphans.
+
+    Orphans are reaped at once too: a zombie still counts against the user's process limit. Returns
+    True when a killed group may still leave zombies, so that the next pass looks again.
+    """
+    killed = False
     while True:
         try:
             pid, status_code, usage = os.wait4(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return False
         if pid == 0:
-            return
+            return killed
         if pid not in running:
             continue  # an orphaned grandchild we adopted
         sequence, pidfd = running.pop(pid)
         poller.unregister(pidfd)
         os.close(pidfd)
-        kill_group(pid)
+        killed = kill_group(pid) or killed
         control.send(EVENT.pack(2, sequence, status_code, usage.ru_utime + usage.ru_stime, usage.ru_maxrss))
 
 
-def kill_orphans(running):
+def kill_orphans(children):
     """Kill processes that escaped a child's process group and were re-parented to us; True if any."""
     me, found = os.getpid(), False
     try:
@@ -470,7 +484,7 @@ def kill_orphans(running):
     except OSError:
         return False
     for pid in pids:
-        if pid == me or pid in running:
+        if pid == me or pid in children:
             continue
         try:
             with open(f"/proc/{pid}/stat", "rb") as fh:
@@ -478,7 +492,7 @@ def kill_orphans(running):
         except (OSError, ValueError, IndexError):
             continue
         if ppid == me:
-            found = True  # scan (and reap) again until it is gone
+            found = True  # scan again until it is gone
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -756,10 +770,14 @@ class Server:
 
 
 def kill_group(pid):
+    """SIGKILL a process group; True when it still had a process."""
+    if _libc is not None:  # no OSError to build when the group is already gone, the usual case
+        return _libc.killpg(pid, 9) == 0
     try:
         os.killpg(pid, signal.SIGKILL)
     except OSError:
-        pass
+        return False
+    return True
 
 
 def unshare_network():
