@@ -2,6 +2,9 @@
 
 Each one checks its items on the host first (shape, parse, banned imports, without running
 anything), sends the rest to the sandbox in one batch, and returns one result per item, in order.
+The host skips the parse where it could find nothing the runner's own compile does not report
+with the same status: ASCII text without a telltale word (`safety.could_escape`), and for a
+program, one that already starts with `def f(` (no rename to do).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from azr.sandbox.client import CheckResult, ValidationResult
-from azr.sandbox.safety import check_expression, check_program, program_status
+from azr.sandbox.safety import check_expression, check_program, could_escape, program_status
 
 if TYPE_CHECKING:
     from azr.sandbox.client import Sandbox
@@ -33,9 +36,19 @@ def _unpack(item: Any, size: int, shape: str, index: int) -> tuple:
     return tuple(item)
 
 
+def _gate_program(program: str, banned: list[str]) -> tuple[str | None, str | None]:
+    if program.startswith("def f(") and not could_escape(program):
+        return program, None  # nothing to rename, nothing banned; a syntax error is the runner's to report
+    return check_program(program, banned)
+
+
+def _gate_expression(text: str, banned: list[str], what: str) -> str | None:
+    return check_expression(text, banned, what) if could_escape(text) else None
+
+
 def _first_problem(texts: list[str], banned: list[str], what: str) -> str | None:
     for number, text in enumerate(texts):
-        reason = check_expression(text, banned, f"{what} {number}")
+        reason = _gate_expression(text, banned, f"{what} {number}")
         if reason:
             return reason
     return None
@@ -62,7 +75,7 @@ def validate(sandbox: "Sandbox", items: list[tuple[str, list[str]]], banned: lis
         program, inputs = _text(program, "program", index), _texts(inputs, "inputs", index)
         if not inputs:
             raise ValueError(f"item {index}: needs at least one input")
-        normalised[index], reason = check_program(program, banned)
+        normalised[index], reason = _gate_program(program, banned)
         reason = reason or _first_problem(["f(" + text + "\n)" for text in inputs], banned, "input")
         if reason:
             results[index] = ValidationResult(program_status(reason), normalised[index] or program, [], reason, 0.0)
@@ -87,7 +100,7 @@ def check_deduction(sandbox: "Sandbox", items: list[tuple[str, str]]) -> list[Ch
     jobs: dict[int, dict[str, Any]] = {}
     for index, item in enumerate(items):
         gold, answer = (_text(v, w, index) for v, w in zip(_unpack(item, 2, "(gold output, answer)", index), ("gold output", "answer")))
-        reason = check_expression(answer, banned, "answer")
+        reason = _gate_expression(answer, banned, "answer")
         if reason:
             refused[index] = CheckResult(False, program_status(reason), reason)
         else:
@@ -103,8 +116,8 @@ def check_abduction(sandbox: "Sandbox", items: list[tuple[str, str, str]]) -> li
         program, answer, gold = (
             _text(v, w, index) for v, w in zip(_unpack(item, 3, "(program, answer, gold output)", index), ("program", "answer", "gold output"))
         )
-        program, reason = check_program(program, banned)
-        reason = reason or check_expression(answer, banned, "answer")
+        program, reason = _gate_program(program, banned)
+        reason = reason or _gate_expression(answer, banned, "answer")
         if reason:
             refused[index] = CheckResult(False, program_status(reason), reason)
         else:
@@ -121,7 +134,7 @@ def check_induction(sandbox: "Sandbox", items: list[tuple[str, list[str], list[s
         program, inputs, golds = _text(program, "program", index), _texts(inputs, "inputs", index), _texts(golds, "gold outputs", index)
         if len(inputs) != len(golds):
             raise ValueError(f"item {index}: {len(inputs)} inputs but {len(golds)} gold outputs")
-        program, reason = check_program(program, banned)
+        program, reason = _gate_program(program, banned)
         reason = reason or _first_problem(["f(" + text + "\n)" for text in inputs], banned, "input")
         if reason:
             refused[index] = CheckResult(False, program_status(reason), reason)
