@@ -27,7 +27,6 @@ import marshal
 import os
 import resource
 import select
-import selectors
 import signal
 import socket
 import struct
@@ -582,7 +581,8 @@ class Server:
 
     def __init__(self, config):
         self.config = config
-        self.selector = selectors.DefaultSelector()
+        self.poller = select.epoll()
+        self.handlers = {}  # fd -> (method, argument) to call when it is ready
         self.queue = collections.deque()
         self.children = {}  # sequence -> Child
         self.sequence = 0
@@ -591,8 +591,16 @@ class Server:
         self.stdin_open = True
         os.set_blocking(0, False)
         os.set_blocking(1, False)
-        self.selector.register(0, selectors.EVENT_READ, "stdin")
+        self.watch(0, select.EPOLLIN, self.read_stdin)
         self.spawn_zygote()
+
+    def watch(self, fd, events, method, argument=None):
+        self.poller.register(fd, events)
+        self.handlers[fd] = (method, argument)
+
+    def unwatch(self, fd):
+        self.poller.unregister(fd)
+        del self.handlers[fd]
 
     def spawn_zygote(self):
         server_end, zygote_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -605,7 +613,7 @@ class Server:
                 _exit(0)
         zygote_end.close()
         self.control = server_end
-        self.selector.register(server_end, selectors.EVENT_READ, "zygote")
+        self.watch(server_end.fileno(), select.EPOLLIN, self.zygote_event)
 
     def zygote_died(self):
         """A program killed the zygote (it shares the children's user in a container): fail what ran, start another."""
@@ -620,7 +628,7 @@ class Server:
         self.spawn_zygote()
 
     def stop_zygote(self):
-        self.selector.unregister(self.control)
+        self.unwatch(self.control.fileno())
         self.control.close()  # a live zygote sees EOF and exits
         try:
             os.waitpid(self.zygote, 0)
@@ -645,12 +653,11 @@ class Server:
             except BrokenPipeError:
                 _exit(0)  # the host is gone; the children die with us (or with the container)
             del self.outbuf[:written]
-        want = selectors.EVENT_WRITE if self.outbuf else 0
-        registered = 1 in self.selector.get_map()
-        if want and not registered:
-            self.selector.register(1, want, "stdout")
-        elif not want and registered:
-            self.selector.unregister(1)
+        registered = 1 in self.handlers
+        if self.outbuf and not registered:
+            self.watch(1, select.EPOLLOUT, self.flush)
+        elif not self.outbuf and registered:
+            self.unwatch(1)
 
     def read_stdin(self):
         try:
@@ -659,7 +666,7 @@ class Server:
             return
         if not data:
             self.stdin_open = False
-            self.selector.unregister(0)
+            self.unwatch(0)
             data = b"\n"
         self.inbuf += data
         self.accept_lines()
@@ -714,7 +721,7 @@ class Server:
             os.set_blocking(read_fd, False)
             child = Child(job_id, read_fd, time.monotonic() + self.config["timeout_seconds"])
             self.children[self.sequence] = child
-            self.selector.register(read_fd, selectors.EVENT_READ, child)
+            self.watch(read_fd, select.EPOLLIN, self.drain, child)
 
     def drain(self, child):
         while child.fd is not None:
@@ -732,7 +739,7 @@ class Server:
                     kill_group(child.pid)
 
     def close_pipe(self, child):
-        self.selector.unregister(child.fd)
+        self.unwatch(child.fd)
         os.close(child.fd)
         child.fd = None
 
@@ -779,15 +786,12 @@ class Server:
         while self.stdin_open or self.queue or self.children:
             self.start_children()
             self.flush()
-            for key, _ in self.selector.select(self.timeout()):
-                if key.data == "stdin":
-                    self.read_stdin()
-                elif key.data == "stdout":
-                    self.flush()
-                elif key.data == "zygote":
-                    self.zygote_event()
-                else:
-                    self.drain(key.data)
+            timeout = self.timeout()
+            for fd, _ in self.poller.poll(-1 if timeout is None else timeout):
+                handler = self.handlers.get(fd)  # None when an earlier handler closed it
+                if handler is not None:
+                    method, argument = handler
+                    method() if argument is None else method(argument)
             self.enforce_deadlines()
         os.set_blocking(1, True)
         self.flush()
