@@ -3,8 +3,11 @@
 Same model, same prompts, same settings, same process; the headline is the ratio of tokens/s.
 Greedy decoding by default, so both runs produce the same tokens and the comparison is like for like.
 
-    .venv/bin/python bench/bench_generation.py                    # SmolLM2-135M-Instruct, batch 16
+    .venv/bin/python bench/bench_generation.py                    # SmolLM2-135M-Instruct, batch 16, float32
+    .venv/bin/python bench/bench_generation.py --dtype bfloat16   # what the quickstart generates in (generation_dtype: auto)
     .venv/bin/python bench/bench_generation.py --model tiny-random --max-new-tokens 32
+
+In bfloat16 a batch and a single prompt round differently, so greedy outputs may part ways.
 """
 
 from __future__ import annotations
