@@ -314,10 +314,9 @@ def test_environment_and_files_of_the_host_stay_out(sandbox, tmp_path):
             assert passwd.outputs[0] != repr(fh.read()[:500])
 
 
-def test_a_program_cannot_reach_the_hosts_runner_socket(sandbox):
+@pytest.mark.docker
+def test_a_program_cannot_reach_the_hosts_runner_socket():
     """The socket transport's socket is gone once the runner has connected: nothing else can talk to the host."""
-    if sandbox.backend != "docker":
-        pytest.skip("only the docker backend mounts a socket directory")
     from azr.sandbox.docker_backend import SOCKET_MOUNT
 
     program = (
@@ -325,7 +324,8 @@ def test_a_program_cannot_reach_the_hosts_runner_socket(sandbox):
         f"        s.connect({SOCKET_MOUNT + '/runner.sock'!r})\n        return 'connected'\n"
         f"    except OSError as exc:\n        return [type(exc).__name__, os.path.exists({SOCKET_MOUNT!r}) and os.listdir({SOCKET_MOUNT!r})]"
     )
-    result = validate_one(sandbox, program, ["1"], banned=[])
+    with open_backend("docker", docker_transport="socket", pool_size=1) as box:
+        result = validate_one(box, program, ["1"], banned=[])
     assert result.status == "ok", result.error
     assert "connected" not in result.outputs[0] and "runner.sock" not in result.outputs[0]
 
