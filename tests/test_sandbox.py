@@ -282,6 +282,43 @@ def adopted(pid: int) -> list[int]:
     return found
 
 
+# Forks until the process limit refuses, then holds every process it made for two seconds.
+PROCESS_HOG = (
+    "import os, time\ndef f(x):\n    try:\n        while True:\n            if os.fork() == 0:\n"
+    "                time.sleep(30)\n                os._exit(0)\n    except BlockingIOError:\n        time.sleep(2.0)\n        raise"
+)
+# Starts a thread half a second into each call: while the hog holds the limit, when beside it.
+LATE_THREAD = "import threading, time\ndef f(x):\n    time.sleep(0.5)\n    t = threading.Thread(target=len, args=[x])\n    t.start()\n    t.join()\n    return 7"
+HOG_LIMITS = dict(timeout_seconds=6.0, cpu_seconds=6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_process_hog_does_not_fail_the_programs_beside_it(backend):
+    """Children of one worker share its uid's process limit: a program that failed to start a thread
+    while a neighbour held every process is run again alone, and only that run counts."""
+    with open_backend(backend, pool_size=1, **HOG_LIMITS) as box:
+        hog, beside = box.validate([(PROCESS_HOG, ["1"]), (LATE_THREAD, ["2"])], banned_modules=[])
+    assert (beside.status, beside.outputs) == ("ok", ["7"]), beside.error
+    assert hog.status == "error" and hog.error.startswith("BlockingIOError"), (hog.status, hog.error)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_process_hog_in_one_worker_does_not_starve_another(backend):
+    """Each worker's programs run as a uid of their own, so their process limits are separate."""
+    if backend == "process" and os.geteuid() != 0:
+        pytest.skip("a non-root process backend runs programs as the host user, one process limit for all")
+    with open_backend(backend, pool_size=1, **HOG_LIMITS) as hog_box:  # 4 slots: the container allows more than 64 processes
+        with open_backend(backend, pool_size=1, **HOG_LIMITS) as other:
+            hogs = []
+            hogging = threading.Thread(target=lambda: hogs.append(validate_one(hog_box, PROCESS_HOG, ["1"], banned=[])))
+            hogging.start()
+            time.sleep(0.2)
+            beside = validate_one(other, LATE_THREAD, ["2"], banned=[])
+            hogging.join()
+    assert (beside.status, beside.outputs) == ("ok", ["7"]), beside.error
+    assert hogs[0].status == "error" and hogs[0].error.startswith("BlockingIOError"), (hogs[0].status, hogs[0].error)
+
+
 def test_killing_the_parent_leaves_a_serving_pool(sandbox):
     """In a container the zygote shares the children's user, so this works; the runner starts another zygote."""
     program = "import os, signal\ndef f(x):\n    os.kill(os.getppid(), signal.SIGKILL)\n    return 1"
@@ -305,7 +342,7 @@ def test_environment_and_files_of_the_host_stay_out(sandbox, tmp_path):
     assert env.status == "ok" and SECRET not in env.outputs[0]
     target = tmp_path / "written-by-sandbox.txt"
     write = validate_one(sandbox, f"def f(x):\n    open({str(target)!r}, 'w').write('pwned')\n    return 1", ["1"], banned=[])
-    if sandbox.backend == "docker" or sandbox.hello["uid"] == 0:  # root host: children run as nobody
+    if sandbox.backend == "docker" or sandbox.hello["uid"] == 0:  # root host: children run as an unprivileged uid
         assert write.status == "error" and not target.exists()
     passwd = validate_one(sandbox, "def f(x):\n    return open('/etc/passwd').read()[:500]", ["1"], banned=[])
     assert passwd.status == "ok"

@@ -8,6 +8,7 @@ the jobs it held come back with status ``killed`` and the pool goes on serving.
 from __future__ import annotations
 
 import itertools
+import secrets
 import json
 import logging
 import os
@@ -30,6 +31,17 @@ RUNNER_ENV = {"LD_BIND_NOW": "1"}
 START_SECONDS = 60.0  # a worker must say hello within this (a container start on a busy daemon is slow)
 HANG_GRACE_SECONDS = 10.0  # silence beyond the per-program limit that marks a worker as hung
 JOBS_PER_SLOT = 8  # jobs queued at a worker per slot: keeps its children busy while answers travel
+SANDBOX_UIDS = range(100_000, 1_100_000)  # unprivileged uids with no account; see sandbox_uid
+
+
+def sandbox_uid() -> int:
+    """A uid of its own for one worker's programs.
+
+    The kernel counts the process limit (RLIMIT_NPROC) per uid across the whole machine, so workers
+    sharing one uid would let a fork bomb in one stop every other worker's programs from forking or
+    starting a thread. Drawn at random, so that separate pools (and separate runs) do not share one.
+    """
+    return SANDBOX_UIDS[secrets.randbelow(len(SANDBOX_UIDS))]
 
 
 class SandboxError(RuntimeError):
@@ -183,7 +195,8 @@ class Sandbox:
         lines = [None] * len(jobs)
         pending = deque(range(len(jobs)))
         window = self.config.worker_slots * JOBS_PER_SLOT
-        hang_after = self.config.timeout_seconds + HANG_GRACE_SECONDS
+        # A job the runner reruns alone (runner.py, Server.start_children) may wait out its neighbours' limit first.
+        hang_after = 2 * self.config.timeout_seconds + HANG_GRACE_SECONDS
         while pending or any(slot.outstanding for slot in self._slots):
             for slot in self._slots:
                 if pending and not slot.outstanding:

@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from azr.config import ExecutorConfig
-from azr.sandbox.client import RUNNER_ENV, RUNNER_PATH, START_SECONDS, SandboxError, read_hello
+from azr.sandbox.client import RUNNER_ENV, RUNNER_PATH, START_SECONDS, SandboxError, read_hello, sandbox_uid
 
-SANDBOX_UID = 10001  # the USER of containers/executor/Dockerfile
+SANDBOX_UID = 10001  # the USER of containers/executor/Dockerfile; the pool runs each container as its own uid
 RUNNER_LABEL = "azr.runner.sha256"
 TMPFS_MB = 64
 PIDS_PER_SLOT = 16
@@ -101,10 +101,11 @@ class DockerWorker:
         self.decoder = StreamDecoder() if transport == "attach" else None
         self._socket_dir = Path(tempfile.mkdtemp(prefix="azr-sandbox-")) if transport == "socket" else None
         self._listener = self._listen() if self._socket_dir else None
+        uid = sandbox_uid()
         host_config = client.api.create_host_config(
             network_mode="none",
             read_only=True,
-            tmpfs={"/tmp": f"size={TMPFS_MB}m,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=1777"},
+            tmpfs={"/tmp": f"size={TMPFS_MB}m,uid={uid},gid={uid},mode=1777"},
             binds={str(self._socket_dir): {"bind": SOCKET_MOUNT, "mode": "ro"}} if self._socket_dir else None,
             mem_limit=f"{config.container_memory_mb}m",
             memswap_limit=f"{config.container_memory_mb}m",
@@ -119,7 +120,7 @@ class DockerWorker:
             command=["--connect", f"{SOCKET_MOUNT}/runner.sock"] if self._socket_dir else None,
             detach=False,
             stdin_open=self.decoder is not None,
-            user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+            user=f"{uid}:{uid}",
             working_dir="/tmp",
             environment={"PYTHONHASHSEED": "0", **RUNNER_ENV},
             host_config=host_config,

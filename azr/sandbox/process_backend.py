@@ -1,7 +1,8 @@
 """Backend `process`: the runner as local worker processes, in a private network namespace where allowed.
 
 Weaker isolation than `docker` (the host's filesystem is visible, read-only for the unprivileged
-user the children run as when started as root); used where no Docker daemon answers.
+uid the children run as when started as root, one per worker); used where no Docker daemon answers.
+Started as another user, children run as that user and share its process limit with the host.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import tempfile
 import time
 from typing import Any
 
-from azr.sandbox.client import RUNNER_ENV, RUNNER_PATH, START_SECONDS, SandboxError, read_hello
+from azr.sandbox.client import RUNNER_ENV, RUNNER_PATH, START_SECONDS, SandboxError, read_hello, sandbox_uid
 
 log = logging.getLogger(__name__)
-NOBODY = 65534
 
 
 def world_traversable(path: str) -> bool:
-    """True when every directory above path lets any user in (so `nobody` can import the stdlib)."""
+    """True when every directory above path lets any user in (so the children's uid can import the stdlib)."""
     parent = os.path.dirname(os.path.realpath(path))
     while True:
         if not os.stat(parent).st_mode & 0o001:
@@ -37,15 +37,16 @@ def world_traversable(path: str) -> bool:
 def choose_interpreter() -> tuple[str, int | None]:
     """(python for the runner, uid for its children). The runner is stdlib-only, so any python3 >= 3.9 works.
 
-    Started as root, children run as `nobody`, which must be able to read the interpreter's files;
-    a Python installed under /root (pyenv) cannot be, so a system python3 is used instead.
+    Started as root, children run as an unprivileged uid of the worker's own, which must be able to
+    read the interpreter's files; a Python installed under /root (pyenv) cannot be, so a system
+    python3 is used instead.
     """
     if os.geteuid() != 0:
         return sys.executable, None
     for candidate in (sys.executable, shutil.which("python3", path=os.defpath), "/usr/bin/python3", "/usr/local/bin/python3"):
         if candidate and os.path.exists(candidate) and world_traversable(candidate):
-            return candidate, NOBODY
-    log.warning("no python3 readable by nobody; sandbox children run as root (rlimits only)")
+            return candidate, sandbox_uid()
+    log.warning("no python3 readable by an unprivileged user; sandbox children run as root (rlimits only)")
     return sys.executable, None
 
 
@@ -55,7 +56,7 @@ class ProcessWorker:
     def __init__(self, number: int):
         self.name = f"process worker {number}"
         self.workdir = tempfile.mkdtemp(prefix="azr-sandbox-")
-        os.chmod(self.workdir, 0o1777)  # children may run as nobody
+        os.chmod(self.workdir, 0o1777)  # children may run as another uid
         self.stderr = tempfile.TemporaryFile()
         # A minimal environment: the host's variables (tokens, paths) are not the program's business.
         env = {"PYTHONHASHSEED": "0", "PATH": os.defpath, "LANG": "C.UTF-8", **RUNNER_ENV}

@@ -400,7 +400,7 @@ def child_main(payload, result_fd, config):
 # write end of the job's result pipe. Zygote -> server: EVENT records (started / exited).
 
 EVENT = struct.Struct("<qqqdq")  # kind (1 started, 2 exited), sequence, pid or wait status, cpu seconds, max RSS KiB
-HEADER = struct.Struct("<q")
+HEADER = struct.Struct("<qq")  # sequence, 1 when the job runs alone (see Server.start_children)
 MAX_JOB_BYTES = 150_000  # one SEQPACKET message (the default socket buffer is about 200 KiB)
 
 
@@ -456,8 +456,10 @@ def zygote_main(control, config):
             size, ancillary, _, _ = control.recvmsg_into([buffer], fd_space)
             if not size:
                 _exit(0)  # the server is gone
-            (sequence,) = HEADER.unpack_from(buffer)
+            sequence, alone = HEADER.unpack_from(buffer)
             result_fd = struct.unpack_from("i", ancillary[0][2])[0]
+            if alone and not running:
+                settle()
             pid = os.fork()
             if pid == 0:
                 try:
@@ -500,6 +502,21 @@ def reap(running, poller, control):
         control.send(EVENT.pack(2, sequence, status_code, usage.ru_utime + usage.ru_stime, usage.ru_maxrss))
 
 
+def settle(seconds=1.0):
+    """Before a job that runs alone: wait (a second at most) until what is left of earlier jobs is reaped.
+
+    Killed processes count against the user's process limit until they are collected.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                kill_orphans({})
+                time.sleep(0.002)
+        except ChildProcessError:
+            return
+
+
 def kill_orphans(children):
     """Kill processes that escaped a child's process group and were re-parented to us; True if any."""
     me, found = os.getpid(), False
@@ -528,12 +545,21 @@ def kill_orphans(children):
 
 
 class Child:
-    def __init__(self, job_id, fd, deadline):
-        self.job_id, self.fd, self.deadline = job_id, fd, deadline
+    def __init__(self, job_id, payload, alone, fd, deadline):
+        self.job_id, self.payload, self.alone, self.fd, self.deadline = job_id, payload, alone, fd, deadline
         self.pid = None
         self.data = bytearray()
         self.started = time.monotonic()
         self.timed_out = False
+        self.shared = False  # another child ran beside it at some point (they share the process limit)
+
+
+def hit_process_limit(verdict):
+    """The program could not fork or start a thread: the user's process limit was reached."""
+    error = verdict.get("error") or ""
+    return verdict["status"] == "error" and (
+        verdict.get("error_type") == "BlockingIOError" or error.startswith("RuntimeError: can't start new thread")
+    )
 
 
 def child_verdict(child, status_code, cpu, maxrss_kb, config):
@@ -703,15 +729,23 @@ class Server:
         if len(payload) > MAX_JOB_BYTES:
             self.send({"id": job.get("id"), "status": "malformed", "error": f"job is {len(payload)} bytes compiled; the limit is {MAX_JOB_BYTES}"})
             return
-        self.queue.append((job.get("id"), payload))
+        self.queue.append((job.get("id"), payload, 0))
 
     def start_children(self):
+        """Start queued jobs in free slots. A job marked alone waits for the others and runs by itself.
+
+        Children share one user, so one that forks up to the process limit makes a program beside it
+        fail to fork or start a thread. Such a failure is not the program's own when others ran beside
+        it: zygote_event queues it again, alone, and only that run's answer counts.
+        """
         while self.queue and len(self.children) < self.config["slots"]:
-            job_id, payload = job = self.queue.popleft()
+            if self.queue[0][2] and self.children or any(child.alone for child in self.children.values()):
+                return
+            job_id, payload, alone = job = self.queue.popleft()
             read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
             self.sequence += 1
             try:
-                socket.send_fds(self.control, [HEADER.pack(self.sequence) + payload], [write_fd])
+                socket.send_fds(self.control, [HEADER.pack(self.sequence, alone) + payload], [write_fd])
             except OSError:  # the zygote is dead: its EOF is next; this job waits for the new one
                 os.close(read_fd), os.close(write_fd)
                 self.queue.appendleft(job)
@@ -719,7 +753,11 @@ class Server:
                 return
             os.close(write_fd)
             os.set_blocking(read_fd, False)
-            child = Child(job_id, read_fd, time.monotonic() + self.config["timeout_seconds"])
+            child = Child(job_id, payload, alone, read_fd, time.monotonic() + self.config["timeout_seconds"])
+            if self.children:
+                child.shared = True
+                for other in self.children.values():
+                    other.shared = True
             self.children[self.sequence] = child
             self.watch(read_fd, select.EPOLLIN, self.drain, child)
 
@@ -765,6 +803,9 @@ class Server:
         if child.fd is not None:
             self.close_pipe(child)
         verdict = child_verdict(child, value, cpu, maxrss, self.config)
+        if child.shared and hit_process_limit(verdict):
+            self.queue.appendleft((child.job_id, child.payload, 1))
+            return
         verdict["seconds"] = round(time.monotonic() - child.started, 6)
         self.send({"id": child.job_id, **verdict})
 
