@@ -329,6 +329,22 @@ def test_killing_the_parent_leaves_a_serving_pool(sandbox):
     assert validate_one(sandbox, program, ["1"]).status == "banned"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_program_that_kills_everything_it_can_does_not_fail_the_one_beside_it(backend):
+    """kill(-1) reaches every process of the children's uid: in a container the zygote too (the runner,
+    PID 1, is immune). The program beside it is run again alone, and the killer, run alone, gets the blame."""
+    if backend == "process" and os.geteuid() != 0:
+        pytest.skip("a non-root process backend runs programs as the host user: kill(-1) would reach the tests")
+    killer = "import os, signal, time\ndef f(x):\n    time.sleep(0.2)\n    os.kill(-1, signal.SIGKILL)\n    return 1"
+    slow = "import time\ndef f(x):\n    time.sleep(0.5)\n    return 7"
+    with open_backend(backend, pool_size=1, **HOG_LIMITS) as box:
+        killed, beside = box.validate([(killer, ["1"]), (slow, ["2"])], banned_modules=[])
+        assert_serving(box)
+    assert (beside.status, beside.outputs) == ("ok", ["7"]), beside.error
+    if backend == "docker":  # the process backend's zygote is root's, out of the killer's reach
+        assert (killed.status, killed.error) == ("killed", "the program killed the sandbox zygote"), killed
+
+
 def test_timeouts_do_not_time_out_their_neighbours(sandbox):
     loops = [("def f(x):\n    while True:\n        pass", ["1"])] * 6
     quick = [(f"def f(x):\n    return x * {i}", ["2"]) for i in range(30)]

@@ -554,8 +554,11 @@ class Child:
         self.shared = False  # another child ran beside it at some point (they share the process limit)
 
 
-def hit_process_limit(verdict):
-    """The program could not fork or start a thread: the user's process limit was reached."""
+def a_neighbour_may_have_caused(verdict):
+    """A failure a program running beside this one can cause: a kill, or no process or thread to be
+    had because the user's process limit was reached."""
+    if verdict["status"] == "killed":
+        return True
     error = verdict.get("error") or ""
     return verdict["status"] == "error" and (
         verdict.get("error_type") == "BlockingIOError" or error.startswith("RuntimeError: can't start new thread")
@@ -642,13 +645,19 @@ class Server:
         self.watch(server_end.fileno(), select.EPOLLIN, self.zygote_event)
 
     def zygote_died(self):
-        """A program killed the zygote (it shares the children's user in a container): fail what ran, start another."""
+        """A program killed the zygote (it shares the children's user in a container): start another.
+
+        What ran beside another program runs again alone (see start_children); what ran alone killed it.
+        """
         for child in self.children.values():
             if child.pid:
                 kill_group(child.pid)
             if child.fd is not None:
                 self.close_pipe(child)
-            self.send({"id": child.job_id, "status": "killed", "error": "the sandbox zygote was killed while this program ran (by a program running beside it)", "seconds": 0.0})
+            if child.shared:
+                self.queue.appendleft((child.job_id, child.payload, 1))
+            else:
+                self.send({"id": child.job_id, "status": "killed", "error": "the program killed the sandbox zygote", "seconds": 0.0})
         self.children.clear()
         self.stop_zygote()
         self.spawn_zygote()
@@ -734,9 +743,10 @@ class Server:
     def start_children(self):
         """Start queued jobs in free slots. A job marked alone waits for the others and runs by itself.
 
-        Children share one user, so one that forks up to the process limit makes a program beside it
-        fail to fork or start a thread. Such a failure is not the program's own when others ran beside
-        it: zygote_event queues it again, alone, and only that run's answer counts.
+        Children share one user, so a program can make the one beside it fail: by forking up to the
+        process limit (the other cannot fork or start a thread) or by killing it or the zygote. Such a
+        failure need not be the program's own when others ran beside it: zygote_event and zygote_died
+        queue it again, alone, and only that run's answer counts.
         """
         while self.queue and len(self.children) < self.config["slots"]:
             if self.queue[0][2] and self.children or any(child.alone for child in self.children.values()):
@@ -803,7 +813,7 @@ class Server:
         if child.fd is not None:
             self.close_pipe(child)
         verdict = child_verdict(child, value, cpu, maxrss, self.config)
-        if child.shared and hit_process_limit(verdict):
+        if child.shared and a_neighbour_may_have_caused(verdict):
             self.queue.appendleft((child.job_id, child.payload, 1))
             return
         verdict["seconds"] = round(time.monotonic() - child.started, 6)
