@@ -8,10 +8,10 @@ the jobs it held come back with status ``killed`` and the pool goes on serving.
 from __future__ import annotations
 
 import itertools
-import secrets
 import json
 import logging
 import os
+import secrets
 import selectors
 import time
 from collections import deque

@@ -655,7 +655,7 @@ class Server:
             if child.fd is not None:
                 self.close_pipe(child)
             if child.shared:
-                self.queue.appendleft((child.job_id, child.payload, 1))
+                self.rerun_alone(child)
             else:
                 self.send({"id": child.job_id, "status": "killed", "error": "the program killed the sandbox zygote", "seconds": 0.0})
         self.children.clear()
@@ -749,7 +749,7 @@ class Server:
         queue it again, alone, and only that run's answer counts.
         """
         while self.queue and len(self.children) < self.config["slots"]:
-            if self.queue[0][2] and self.children or any(child.alone for child in self.children.values()):
+            if (self.queue[0][2] and self.children) or any(child.alone for child in self.children.values()):
                 return
             job_id, payload, alone = job = self.queue.popleft()
             read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
@@ -770,6 +770,10 @@ class Server:
                     other.shared = True
             self.children[self.sequence] = child
             self.watch(read_fd, select.EPOLLIN, self.drain, child)
+
+    def rerun_alone(self, child):
+        """Queue the child's job first in line, to run by itself (see start_children)."""
+        self.queue.appendleft((child.job_id, child.payload, 1))
 
     def drain(self, child):
         while child.fd is not None:
@@ -814,7 +818,7 @@ class Server:
             self.close_pipe(child)
         verdict = child_verdict(child, value, cpu, maxrss, self.config)
         if child.shared and a_neighbour_may_have_caused(verdict):
-            self.queue.appendleft((child.job_id, child.payload, 1))
+            self.rerun_alone(child)
             return
         verdict["seconds"] = round(time.monotonic() - child.started, 6)
         self.send({"id": child.job_id, **verdict})
