@@ -102,7 +102,11 @@ class ExecutorConfig(Section):
     backend: Literal["auto", "docker", "process"] = Field(
         "auto", description="Sandbox backend: docker when the daemon answers and the image exists, else process."
     )
-    image: str = Field("azr-executor:latest", description="Docker image of the sandbox (azr sandbox build).")
+    image: str = Field(
+        "azr-executor",
+        description="Docker image of the sandbox (azr sandbox build). Without a tag, the tag is the runner's digest, "
+        "so checkouts with different runners on one daemon each keep their own image.",
+    )
     pool_size: int | None = Field(None, gt=0, description="Warm workers/containers; default: CPU count.")
     timeout_seconds: float = Field(5.0, gt=0.0, description="Wall-clock limit per program run.")
     cpu_seconds: int = Field(5, gt=0, description="CPU-time limit per program run.")

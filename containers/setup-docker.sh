@@ -18,7 +18,7 @@ if ! docker info >/dev/null 2>&1; then
     docker info >/dev/null 2>&1 || { echo "setup-docker: dockerd did not answer within 60 s" >&2; tail -20 /tmp/dockerd.log >&2; exit 1; }
 fi
 
-IMAGE=$("$PYTHON" -c 'from azr.config import ExecutorConfig; print(ExecutorConfig().image)')
+IMAGE=$("$PYTHON" -c 'from azr.config import ExecutorConfig; from azr.sandbox.docker_backend import image_ref; print(image_ref(ExecutorConfig().image))')
 if PROBLEM=$("$PYTHON" -c '
 import sys
 from azr.config import ExecutorConfig

@@ -23,13 +23,13 @@ def choose_backend(config: ExecutorConfig) -> tuple[str, str]:
     """(backend, why) for config.backend; `auto` is docker when the daemon answers and the image is current."""
     if config.backend != "auto":
         return config.backend, "configured"
-    from azr.sandbox.docker_backend import docker_client, image_problem
+    from azr.sandbox.docker_backend import docker_client, image_problem, image_ref
 
     try:
         problem = image_problem(docker_client(timeout=3.0), config.image)
     except SandboxError as exc:
         problem = str(exc)
-    return ("process", problem) if problem else ("docker", f"daemon answers and image {config.image} is current")
+    return ("process", problem) if problem else ("docker", f"daemon answers and image {image_ref(config.image)} is current")
 
 
 def open_sandbox(config: ExecutorConfig) -> Sandbox:

@@ -211,12 +211,14 @@ def sandbox_build(
 ) -> None:
     """Build the sandbox image (executor.image) from containers/executor/Dockerfile."""
     from azr.sandbox import SandboxError
+    from azr.sandbox.docker_backend import image_ref
     from azr.sandbox.image import build_image
 
     cfg = resolve_config(config, set_)
+    image = image_ref(cfg.executor.image)
     started = time.monotonic()
     try:
-        image_id = build_image(cfg.executor.image, base_image=base_image, offline=offline)
+        image_id = build_image(image, base_image=base_image, offline=offline)
     except SandboxError as exc:
         raise fail(str(exc)) from None
-    console.print(f"built {cfg.executor.image} ({image_id[:19]}) in {time.monotonic() - started:.1f} s")
+    console.print(f"built {image} ({image_id[:19]}) in {time.monotonic() - started:.1f} s")

@@ -44,6 +44,16 @@ def runner_digest() -> str:
     return hashlib.sha256(RUNNER_PATH.read_bytes()).hexdigest()
 
 
+def image_ref(image: str) -> str:
+    """`image` as given when it names a tag, else `image:<first 12 hex digits of the runner digest>`.
+
+    Two checkouts with different runners (two azr versions, or branches) can then share one daemon:
+    each builds and finds its own image instead of calling the other's stale.
+    """
+    name = image.rsplit("/", 1)[-1]
+    return image if ":" in name or "@" in name else f"{image}:{runner_digest()[:12]}"
+
+
 def docker_client(timeout: float = 10.0) -> Any:
     """A Docker SDK client that has answered a ping, or SandboxError saying why not."""
     try:
@@ -60,6 +70,7 @@ def image_problem(client: Any, image: str) -> str | None:
     """None when the image exists and carries this runner; else what is wrong."""
     import docker.errors
 
+    image = image_ref(image)
     try:
         labels = client.images.get(image).labels or {}
     except docker.errors.ImageNotFound:
@@ -116,7 +127,7 @@ class DockerWorker:
             auto_remove=True,
         )
         self.container = client.api.create_container(
-            config.image,
+            image_ref(config.image),
             command=["--connect", f"{SOCKET_MOUNT}/runner.sock"] if self._socket_dir else None,
             detach=False,
             stdin_open=self.decoder is not None,
@@ -227,6 +238,6 @@ def make_docker_workers(config: ExecutorConfig) -> Any:
         except SandboxError:
             raise
         except Exception as exc:
-            raise SandboxError(f"cannot start a sandbox container from {config.image}: {exc}") from exc
+            raise SandboxError(f"cannot start a sandbox container from {image_ref(config.image)}: {exc}") from exc
 
     return make
