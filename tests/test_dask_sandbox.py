@@ -157,6 +157,15 @@ def test_answer_checks_same_verdicts(pair):
         assert any(r.correct for r in ours) and not all(r.correct for r in ours), check
 
 
+def test_answers_come_back_in_job_order_when_later_chunks_finish_first(cluster):
+    """The first chunk sleeps; the chunks after it, on the other worker, are done long before it is."""
+    slow = [(f"import time\ndef f(x):\n    time.sleep(0.6)\n    return {i}", ["0"]) for i in range(4)]
+    quick = [(f"def f(x):\n    return {i}", ["0"]) for i in range(4, 40)]
+    with open_sandbox(dask_config(cluster, dask_worker_backend="process", pool_size=1, dask_chunk_size=4)) as box:
+        results = box.validate(slow + quick, banned_modules=[])
+    assert [r.outputs for r in results] == [[str(i)] for i in range(40)]
+
+
 # ------------------------------------------------------------------ a worker killed mid-batch
 
 
