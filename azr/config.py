@@ -140,7 +140,16 @@ class ExecutorConfig(Section):
         "machine's daemon answers and has the current image, else process.",
     )
     dask_chunk_size: int = Field(
-        64, gt=0, description="Backend dask: most jobs per Dask task (a batch is split so that every worker gets some)."
+        256,
+        gt=0,
+        description="Backend dask: most jobs per Dask task. The batch is split into equal chunks, as many for each "
+        "worker; bigger ones pay Dask's round trip per task less often, smaller ones lose less work to a dead worker.",
+    )
+    dask_idle_close_seconds: float = Field(
+        600.0,
+        gt=0.0,
+        description="Backend dask: a worker closes its pool after this long without a chunk and opens it again for "
+        "the next one, so a client that died without closing leaves no containers running on the workers for long.",
     )
     dask_local_workers: int = Field(
         2, gt=0, description="Backend dask: workers of the LocalCluster started when dask_address is None."

@@ -219,6 +219,26 @@ def assert_containers_gone(containers: list[str]) -> None:
     pytest.fail(f"containers of the killed worker still running: {alive}")
 
 
+def test_an_idle_pool_closes_and_opens_again_for_the_next_chunk(cluster):
+    """A client that dies without closing never unregisters its plugin: the pools close themselves."""
+    config = dask_config(cluster, dask_worker_backend="process", pool_size=1, dask_idle_close_seconds=1.0)
+    with open_sandbox(config) as box:
+        runners = [w["hello"]["pid"] for w in box.workers.values()]
+        assert all(Path(f"/proc/{pid}").exists() for pid in runners)
+        deadline = time.monotonic() + 30
+        while any(Path(f"/proc/{pid}").exists() for pid in runners) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in runners)  # the runners are gone, not just idle
+        assert set(cluster.client.run(describe, box._plugin).values()) == {None}
+        results = box.validate([(f"def f(x):\n    return x + {i}", ["1"]) for i in range(10)])
+        assert [r.outputs for r in results] == [[str(1 + i)] for i in range(10)]
+        assert "process" in cluster.client.run(describe, box._plugin).values()  # open again where a chunk ran
+
+
+def describe(plugin_name: str, dask_worker) -> str | None:
+    return dask_backend.describe_worker(plugin_name, dask_worker)["backend"]
+
+
 # ------------------------------------------------------------------ setup and errors
 
 

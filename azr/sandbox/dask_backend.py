@@ -36,17 +36,24 @@ POLL_SECONDS = 1.0  # how often a waiting batch checks that some worker can stil
 
 
 class SandboxPlugin(WorkerPlugin):
-    """On each Dask worker with the `sandbox` resource: one warm local pool, run one chunk at a time."""
+    """On each Dask worker with the `sandbox` resource: one warm local pool, one chunk at a time.
+
+    The pool closes after `executor.dask_idle_close_seconds` without a chunk and opens again for the
+    next one: a client that dies without closing its sandbox, and so never unregisters this plugin,
+    leaves no containers running on the workers for longer than that.
+    """
 
     def __init__(self, config: ExecutorConfig):
         self.config = config  # backend is the worker's own: auto, docker or process
         self.sandbox: Sandbox | None = None
         self.error: str | None = None
+        self.torn_down = False
 
     async def setup(self, worker: Any) -> None:
         from azr.sandbox import open_sandbox
 
         self.lock = threading.Lock()
+        self.last_used = time.monotonic()
         if RESOURCE not in worker.state.total_resources:
             return  # given no chunks: no pool
         try:  # containers take seconds to start: off the worker's event loop, which keeps its heartbeats
@@ -54,17 +61,39 @@ class SandboxPlugin(WorkerPlugin):
         except Exception as exc:
             self.error = f"{type(exc).__name__}: {exc}"
             raise
+        self.closer = asyncio.get_running_loop().create_task(self._close_when_idle())
+
+    async def _close_when_idle(self) -> None:
+        limit = self.config.dask_idle_close_seconds
+        while True:
+            await asyncio.sleep(min(limit / 2, 30.0))
+            if self.sandbox is None or time.monotonic() - self.last_used < limit or not self.lock.acquire(blocking=False):
+                continue
+            sandbox, self.sandbox = self.sandbox, None
+            self.lock.release()
+            log.info("closing the idle sandbox pool (unused for %.0f s)", limit)
+            await asyncio.to_thread(sandbox.close)
 
     def teardown(self, worker: Any) -> None:
+        self.torn_down = True
+        if getattr(self, "closer", None) is not None:
+            self.closer.cancel()
         if self.sandbox is not None:
             self.sandbox.close()
             self.sandbox = None
 
     def run(self, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        from azr.sandbox import open_sandbox
+
         with self.lock:
-            if self.sandbox is None:
+            if self.error or self.torn_down:
                 raise SandboxError(f"the sandbox did not open on this Dask worker: {self.error or 'closed'}")
-            return self.sandbox.run(jobs)
+            if self.sandbox is None:  # closed while idle
+                self.sandbox = open_sandbox(self.config)
+            try:
+                return self.sandbox.run(jobs)
+            finally:
+                self.last_used = time.monotonic()
 
 
 def run_chunk(plugin_name: str, jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -167,7 +196,9 @@ class DaskSandbox(Sandbox):
         if not jobs:
             return []
         workers = max(1, len(self._sandbox_workers()))
-        size = min(self.config.dask_chunk_size, math.ceil(len(jobs) / workers))
+        # As many chunks for each worker, of equal size: no worker is left with a long last one alone.
+        count = workers * math.ceil(len(jobs) / (self.config.dask_chunk_size * workers))
+        size = math.ceil(len(jobs) / count)
         futures = [
             self._client.submit(run_chunk, self._plugin, jobs[start : start + size], resources={RESOURCE: 1}, pure=False)
             for start in range(0, len(jobs), size)
