@@ -201,6 +201,28 @@ def test_a_worker_killed_mid_batch_loses_and_duplicates_nothing(cluster, docker_
         assert box.validate([("def f(x):\n    return -x", [str(i)]) for i in range(8)])[7].outputs == ["-7"]
 
 
+def test_a_chunk_whose_workers_keep_dying_is_a_clear_error():
+    """With Dask's allowed-failures at 0 (the LocalCluster's scheduler runs in this process, so this
+    config reaches it), one worker killed under a chunk is one too many: a SandboxError, not a hang."""
+    items = [("import time\ndef f(x):\n    time.sleep(0.5)\n    return x", ["1"])] * 16
+    config = ExecutorConfig(backend="dask", dask_worker_backend="process", dask_local_workers=1, **{**LIMITS, "pool_size": 1})
+    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), open_sandbox(config) as box:
+        (victim, pid), = box._client.run(os.getpid).items()
+
+        def kill_while_it_runs_a_chunk() -> None:
+            deadline = time.monotonic() + 60
+            while not box._client.processing([victim]).get(victim) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            os.kill(pid, signal.SIGKILL)
+
+        killer = threading.Thread(target=kill_while_it_runs_a_chunk)
+        killer.start()
+        with pytest.raises(SandboxError, match="more Dask workers that died than Dask allows"):
+            box.validate(items, banned_modules=[])
+        killer.join()
+
+
 def pool_containers(plugin_name: str, dask_worker) -> list[str]:
     return [slot.worker.container for slot in dask_worker.plugins[plugin_name].sandbox._slots]
 
@@ -272,6 +294,23 @@ def test_a_cluster_without_sandbox_workers_is_a_clear_error(monkeypatch):
     ) as plain:
         with pytest.raises(SandboxError, match="offers the 'sandbox' resource"):
             open_sandbox(ExecutorConfig(backend="dask", dask_address=plain.scheduler_address, pool_size=1))
+
+
+def test_a_batch_left_without_sandbox_workers_is_a_clear_error(monkeypatch):
+    """The only worker leaves mid-batch: after START_SECONDS with no worker to run the chunks, a SandboxError."""
+    monkeypatch.setattr(dask_backend, "START_SECONDS", 2.0)
+    items = [("import time\ndef f(x):\n    time.sleep(0.5)\n    return x", ["1"])] * 8
+    with dask.config.set({"distributed.comm.require-encryption": False}), LocalCluster(
+        n_workers=1, processes=False, protocol="tcp", host="127.0.0.1", resources={"sandbox": 1},
+        dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    ) as plain:
+        config = ExecutorConfig(backend="dask", dask_address=plain.scheduler_address, dask_worker_backend="process", **{**LIMITS, "pool_size": 1})
+        with open_sandbox(config) as box:
+            leaving = threading.Timer(1.0, plain.scale, args=[0])
+            leaving.start()
+            with pytest.raises(SandboxError, match="no Dask worker .* resource for 2 s"):
+                box.validate(items, banned_modules=[])
+            leaving.join()
 
 
 def test_closed_sandbox_refuses_work(cluster):

@@ -118,7 +118,7 @@ class DaskSandbox(Sandbox):
     `config`; it starts no pool of its own, so `Sandbox.__init__` is not called.
     """
 
-    def __init__(self, config: ExecutorConfig):  # noqa: super().__init__ would start a local pool
+    def __init__(self, config: ExecutorConfig):  # not super().__init__(), which would start a local pool
         self.config = config
         self.backend = "dask"
         self.replaced = 0  # dead local workers are replaced on the Dask workers, not counted here
@@ -207,7 +207,7 @@ class DaskSandbox(Sandbox):
             self._wait(futures)
             chunks = self._client.gather(futures)
         except KilledWorker as exc:
-            raise SandboxError(f"a chunk of up to {size} jobs killed every Dask worker that ran it: {exc}") from exc
+            raise SandboxError(f"a chunk of up to {size} jobs was on more Dask workers that died than Dask allows: {exc}") from exc
         finally:
             self._client.cancel(futures)
         return [answer for chunk in chunks for answer in chunk]
