@@ -35,6 +35,7 @@ from azr import prompts, schemas
 from azr.config import TASK_TYPES, AZRConfig, SamplingConfig
 from azr.answers import score_responses
 from azr.data_construction import solver_view, split_induction
+from azr.formats import solver_format
 from azr.parsing import ANSWER_KIND
 from azr.seeding import stage_seed
 
@@ -195,16 +196,20 @@ def evaluate_problems(model, tokenizer, sandbox, problems: list[dict[str, Any]],
     """`eval.samples` answers per problem from the model, scored: one row per answer (no run keys).
 
     `progress(done, total)` is called after each batch of `sampling.batch_size` answers."""
-    from azr.generation import generate  # torch is slow to import; reading and scoring do without it
+    from azr.generation import HFBackend, generate  # torch is slow to import; reading and scoring do without it
 
     started = time.perf_counter()
     sampling = eval_sampling(config)
+    backend = HFBackend(model, tokenizer, sampling)
+    mode = config.generation.answer_format
     rollouts = [(p, sample) for p in problems for sample in range(config.eval.samples)]
-    rendered = [prompts.render_chat(tokenizer, prompts.solver_prompt(p["task_type"], solver_view(p))) for p, _ in rollouts]
+    rendered = [prompts.render_chat(tokenizer, prompts.solver_prompt(p["task_type"], solver_view(p), mode))
+                for p, _ in rollouts]
+    formats = [solver_format(config, p) for p, _ in rollouts]
     generations = []
     for start in range(0, len(rendered), sampling.batch_size):
-        chunk = rendered[start:start + sampling.batch_size]
-        generations += generate(model, tokenizer, chunk, sampling, seed=seed + start)
+        end = start + sampling.batch_size
+        generations += generate(backend, tokenizer, rendered[start:end], formats[start:end], sampling, seed=seed + start)
         if progress is not None:
             progress(len(generations), len(rendered))
     scores = score_responses(sandbox, [p for p, _ in rollouts], [g.text for g in generations], config.eval.strict)

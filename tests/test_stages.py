@@ -17,15 +17,15 @@ from stages.validate import validate
 ROOT = Path(__file__).resolve().parents[1]
 
 PROPOSAL_COLUMNS = {"run", "iteration", "task_id", "task_type", "prompt", "prompt_ids", "response", "response_ids",
-                    "logprobs", "finish_reason", "parsed", "parse_reason", "program", "input", "inputs", "message",
+                    "response_mask", "logprobs", "finish_reason", "parsed", "parse_reason", "program", "input", "inputs", "message",
                     "reference_ids", "generate_seconds"}
 TASK_COLUMNS = {"run", "iteration", "task_id", "task_type", "source", "accepted", "forced", "reason", "program",
                 "input", "output", "inputs", "outputs", "message", "shown", "complexity", "validate_seconds"}
 SOLUTION_COLUMNS = {"run", "iteration", "task_id", "task_type", "sample", "prompt", "prompt_ids", "response",
-                    "response_ids", "logprobs", "finish_reason", "parsed", "parse_reason", "answer", "correct",
+                    "response_ids", "response_mask", "logprobs", "finish_reason", "parsed", "parse_reason", "answer", "correct",
                     "check_status", "solve_seconds"}
 REWARD_COLUMNS = {"run", "iteration", "task_id", "task_type", "role", "sample", "prompt_ids", "response_ids",
-                  "logprobs", "valid", "solve_rate", "learnability", "diversity", "complexity", "format",
+                  "response_mask", "logprobs", "valid", "solve_rate", "learnability", "diversity", "complexity", "format",
                   "correctness", "reward", "advantage"}
 
 
