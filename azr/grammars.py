@@ -9,8 +9,8 @@ cannot promise (that the program runs on the input, that it is deterministic) is
 by the sandbox and the rewards.
 
 The program grammar is a small subset of Python chosen so that a 135M-parameter model writes
-programs that parse and mostly run: a function of one to three parameters from a fixed set of
-names, statements at three indentation levels (assignment, augmented assignment, method call, `if`
+programs that parse and mostly run: a function of one to three parameters (distinct names, from
+fixed lists), statements at three indentation levels (assignment, augmented assignment, method call, `if`
 / `else`, `for`), and a final `return`. No imports, no `while` (no unbounded loops), no
 `break`/`continue` (a syntax error outside a loop), no method call on a number literal (`1.real`
 is a syntax error). Calls are restricted to pure builtins and common methods of the builtin types.
@@ -22,12 +22,16 @@ import ast
 
 FENCE_END = '"\\n```"'
 
-# Names a program may bind or read. Python keywords and the builtins below are not among them.
-NAMES = (
-    "a", "b", "c", "d", "i", "j", "k", "m", "n", "p", "q", "r", "s", "t", "v", "w", "x", "y", "z",
-    "arr", "nums", "num", "lst", "items", "item", "text", "word", "words", "chars", "ch", "key",
-    "value", "values", "count", "total", "result", "res", "acc", "seen", "pairs", "parts", "prefix",
-    "suffix", "left", "right", "low", "high", "step", "idx", "size", "data", "string", "numbers",
+# Parameter names by position: disjoint lists, so that no two parameters share a name (a syntax error).
+PARAMETERS = (
+    ("s", "x", "n", "a", "nums", "lst", "arr", "text", "word", "words", "items", "data", "string", "numbers"),
+    ("k", "m", "b", "y", "c", "t", "key", "value", "count", "size", "step"),
+    ("z", "p", "q", "d", "w", "v", "prefix", "suffix", "low", "high"),
+)
+# Names a program may bind or read: the parameters and a few locals. No keyword and no builtin is among them.
+NAMES = tuple(name for names in PARAMETERS for name in names) + (
+    "i", "j", "r", "num", "item", "ch", "chars", "values", "total", "result", "res", "acc", "seen",
+    "pairs", "parts", "left", "right", "idx",
 )
 BUILTINS = (
     "len", "sum", "min", "max", "sorted", "reversed", "abs", "range", "list", "set", "tuple", "dict",
@@ -40,7 +44,6 @@ METHODS = (
     "isupper", "islower", "title", "capitalize", "swapcase", "zfill", "center", "add", "discard",
     "union", "intersection", "difference",
 )
-MAX_PARAMETERS = 3
 
 
 def _alternatives(words: tuple[str, ...]) -> str:
@@ -61,7 +64,10 @@ key ::= number | string | "True" | "False" | "None"
 """
 
 PROGRAM_RULES = rf"""
-params ::= name | name ", " name | name ", " name ", " name
+params ::= param1 | param1 ", " param2 | param1 ", " param2 ", " param3
+param1 ::= {_alternatives(PARAMETERS[0])}
+param2 ::= {_alternatives(PARAMETERS[1])}
+param3 ::= {_alternatives(PARAMETERS[2])}
 body ::= stmt1* "    return " expr "\n"
 stmt1 ::= "    " simple "\n" | "    if " expr ":\n" block2 ("    else:\n" block2)? | "    for " target " in " expr ":\n" block2
 block2 ::= stmt2+
