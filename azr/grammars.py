@@ -8,6 +8,9 @@ literal (`azr.literals` reads it), an argument list has exactly the arity asked 
 cannot promise (that the program runs on the input, that it is deterministic) is graded instead,
 by the sandbox and the rewards.
 
+Sizes are bounded (a literal's digits, characters and elements; a program's statements, operands
+and string lengths), so a small model cannot ramble until it runs out of tokens.
+
 The program grammar is a small subset of Python chosen so that a 135M-parameter model writes
 programs that parse and mostly run: a function of one to three parameters (distinct names, from
 fixed lists), statements at three indentation levels (assignment, augmented assignment, method call, `if`
@@ -54,12 +57,12 @@ def _alternatives(words: tuple[str, ...]) -> str:
 # Literals: what `repr` writes for builtin data values, minus the specials (nan, inf) a model cannot mean.
 LITERAL_RULES = r"""
 literal ::= number | string | "True" | "False" | "None" | list | tuple | dict | set
-number ::= "-"? ("0" | [1-9] [0-9]*) ("." [0-9]+)?
-string ::= "'" [^'\\\n]* "'" | "\"" [^"\\\n]* "\""
-list ::= "[" (literal (", " literal)*)? "]"
-tuple ::= "()" | "(" literal ",)" | "(" literal (", " literal)+ ")"
-dict ::= "{}" | "{" key ": " literal (", " key ": " literal)* "}"
-set ::= "set()" | "{" key (", " key)* "}"
+number ::= "-"? ("0" | [1-9] [0-9]{0,5}) ("." [0-9]{1,3})?
+string ::= "'" [^'\\\n]{0,24} "'" | "\"" [^"\\\n]{0,24} "\""
+list ::= "[" (literal (", " literal){0,7})? "]"
+tuple ::= "()" | "(" literal ",)" | "(" literal (", " literal){1,4} ")"
+dict ::= "{}" | "{" key ": " literal (", " key ": " literal){0,4} "}"
+set ::= "set()" | "{" key (", " key){0,5} "}"
 key ::= number | string | "True" | "False" | "None"
 """
 
@@ -68,37 +71,37 @@ params ::= param1 | param1 ", " param2 | param1 ", " param2 ", " param3
 param1 ::= {_alternatives(PARAMETERS[0])}
 param2 ::= {_alternatives(PARAMETERS[1])}
 param3 ::= {_alternatives(PARAMETERS[2])}
-body ::= stmt1* "    return " expr "\n"
+body ::= stmt1{{0,6}} "    return " expr "\n"
 stmt1 ::= "    " simple "\n" | "    if " expr ":\n" block2 ("    else:\n" block2)? | "    for " target " in " expr ":\n" block2
-block2 ::= stmt2+
+block2 ::= stmt2{{1,4}}
 stmt2 ::= "        " simple "\n" | "        if " expr ":\n" block3 ("        else:\n" block3)? | "        for " target " in " expr ":\n" block3
-block3 ::= ("            " simple "\n")+
+block3 ::= ("            " simple "\n"){{1,3}}
 simple ::= "return " expr | assign | name augop expr | name "." method "(" args? ")"
 assign ::= target " = " expr | name "[" expr "] = " expr
 augop ::= " += " | " -= " | " *= "
 target ::= name | name ", " name
 expr ::= disj | disj " if " disj " else " disj
-disj ::= conj (" or " conj)*
-conj ::= neg (" and " neg)*
+disj ::= conj (" or " conj){{0,2}}
+conj ::= neg (" and " neg){{0,2}}
 neg ::= "not " neg | comp
 comp ::= arith | arith cmpop arith
 cmpop ::= " == " | " != " | " < " | " > " | " <= " | " >= " | " in " | " not in "
-arith ::= term ((" + " | " - ") term)*
-term ::= factor ((" * " | " // " | " % ") factor)*
+arith ::= term ((" + " | " - ") term){{0,3}}
+term ::= factor ((" * " | " // " | " % ") factor){{0,2}}
 factor ::= "-" factor | postfix
-postfix ::= primary trailer* | number | "True" | "False" | "None"
+postfix ::= primary trailer{{0,3}} | number | "True" | "False" | "None"
 trailer ::= "[" expr "]" | "[" expr? ":" expr? "]" | "[::-1]" | "." method "(" args? ")"
 primary ::= name | string | "(" expr ")" | call | list | listcomp | dict
 call ::= builtin "(" args? ")" | "sorted(" expr ", reverse=True)"
-args ::= expr (", " expr)*
+args ::= expr (", " expr){{0,3}}
 list ::= "[" args? "]"
 listcomp ::= "[" expr " for " target " in " expr (" if " expr)? "]"
-dict ::= "{{}}" | "{{" expr ": " expr (", " expr ": " expr)* "}}"
+dict ::= "{{}}" | "{{" expr ": " expr (", " expr ": " expr){{0,3}} "}}"
 name ::= {_alternatives(NAMES)}
 builtin ::= {_alternatives(BUILTINS)}
 method ::= {_alternatives(METHODS)}
 number ::= "0" | [1-9] [0-9]? [0-9]?
-string ::= "'" [^'\\\n]* "'"
+string ::= "'" [^'\\\n]{{0,16}} "'"
 """
 
 

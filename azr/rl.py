@@ -187,8 +187,10 @@ def without_dropout(model: torch.nn.Module) -> None:
     scores exactly the policy that sampled, so the PPO ratio starts at 1."""
     model.train()
     for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
+        if isinstance(module, torch.nn.Dropout):  # LoRA's, and any dropout layer of the model
             module.eval()
+        if isinstance(getattr(module, "attention_dropout", None), float):  # transformers' attention: a probability
+            module.attention_dropout = 0.0
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
