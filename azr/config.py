@@ -74,7 +74,11 @@ class ModelConfig(Section):
 class SamplingConfig(Section):
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 means greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(512, gt=0, description="Longest generation, in tokens.")
+    max_new_tokens: int = Field(
+        512, gt=0,
+        description="Longest generation, in tokens: the whole answer with answer_format free, each field the model "
+        "writes otherwise (fields also have their own bounds: program 192, value 64, message 48).",
+    )
     batch_size: int = Field(16, gt=0, description="Prompts per generate() call; bounds generation memory.")
     max_prompt_tokens: int = Field(
         2048, gt=0,

@@ -30,7 +30,7 @@ ANSWER_MODES: tuple[str, ...] = ("free", "prefill", "grammar")
 
 FENCE = "```"
 PROGRAM_START = "def f("
-# Longest field each kind may take (tokens); `sampling.max_new_tokens` caps an answer's fields together.
+# Longest field each kind may take (tokens); `sampling.max_new_tokens` caps every field too.
 PROGRAM_TOKENS = 192
 VALUE_TOKENS = 64
 MESSAGE_TOKENS = 48

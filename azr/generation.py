@@ -73,7 +73,7 @@ class _Answer:
     fields: list[str] = field(default_factory=list)
     finish_reason: str = "stop"
     pending: Field | None = None  # the field the backend writes next
-    budget: int = 0  # model tokens left for this answer
+    max_field_tokens: int = 0  # sampling.max_new_tokens
     done: bool = False
 
     def write(self, tokens: list[int]) -> None:
@@ -88,9 +88,11 @@ def generate(backend: Backend, tokenizer: PreTrainedTokenizerBase, prompts: list
 
     `prompts` are rendered text (see `azr.prompts.render_chat`), never truncated: the caller keeps
     them under `sampling.max_prompt_tokens` (azr.prompts drops references rather than cut the
-    instructions). `sampling.max_new_tokens` bounds the model's tokens per answer, all fields together.
+    instructions). `sampling.max_new_tokens` bounds each field the model writes (each field kind
+    also has its own bound, azr.formats), so a long field never starves the ones after it.
     """
-    answers = [_Answer(_encode(tokenizer, p), f, budget=sampling.max_new_tokens) for p, f in zip(prompts, formats, strict=True)]
+    answers = [_Answer(_encode(tokenizer, p), f, max_field_tokens=sampling.max_new_tokens)
+               for p, f in zip(prompts, formats, strict=True)]
     too_long = [i for i, a in enumerate(answers) if len(a.prompt_ids) > sampling.max_prompt_tokens]
     if too_long:
         raise ValueError(f"{len(too_long)} prompt(s) longer than sampling.max_prompt_tokens={sampling.max_prompt_tokens} "
@@ -126,11 +128,11 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 def _advance(answer: _Answer, tokenizer: PreTrainedTokenizerBase) -> bool:
     """Write the next scaffold; True when a field follows it (then `answer.pending`), False when done.
 
-    An answer whose last field ended at EOS (the model ended it) or that has no tokens left gets
-    its closing scaffold, so its text stays a well-formed answer whose content is graded as it is.
+    An answer whose last field ended at EOS (the model ended it) gets its closing scaffold, so its
+    text stays a well-formed answer whose content is graded as it is.
     """
     truncated = answer.finish_reason in ("length", "eos")
-    if answer.finish_reason == "eos" or (answer.fields and answer.budget <= 0):
+    if answer.finish_reason == "eos":
         scaffold, spec = answer.format.closing(truncated), None
     else:
         step = answer.format.next_step(answer.fields, truncated)
@@ -140,7 +142,7 @@ def _advance(answer: _Answer, tokenizer: PreTrainedTokenizerBase) -> bool:
     if spec is None:
         answer.done = True
         return False
-    answer.pending = replace(spec, max_tokens=min(spec.max_tokens, answer.budget))
+    answer.pending = replace(spec, max_tokens=min(spec.max_tokens, answer.max_field_tokens))
     return True
 
 
@@ -149,7 +151,6 @@ def _take(answer: _Answer, piece: Piece, tokenizer: PreTrainedTokenizerBase) -> 
     answer.response_mask += [True] * len(piece.token_ids)
     answer.logprobs += piece.logprobs
     answer.fields.append(tokenizer.decode(piece.token_ids, skip_special_tokens=True))
-    answer.budget -= len(piece.token_ids)
     answer.pending = None
     if piece.finish_reason != "stop" or answer.finish_reason == "stop":
         answer.finish_reason = piece.finish_reason

@@ -136,19 +136,75 @@ def collate(samples: Sequence[Sample], weights: Sequence[float] | None = None) -
     }
 
 
+def collate_shared(samples: Sequence[Sample], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+    """Samples that share one prompt (a task's solver rollouts): the prompt once, the responses
+    right-padded after it. Response-level tensors are the first R positions of each response."""
+    prompt = samples[0].prompt_ids
+    if any(s.prompt_ids != prompt for s in samples):
+        raise ValueError("collate_shared needs samples with one and the same prompt")
+    resp_len = max(len(s.response_ids) for s in samples)
+    n = len(samples)
+    response_ids = torch.zeros(n, resp_len, dtype=torch.long)
+    old_logprobs = torch.zeros(n, resp_len)
+    response_mask = torch.zeros(n, resp_len, dtype=torch.bool)
+    token_weight = torch.zeros(n, resp_len)
+    weights = weights if weights is not None else [1.0] * n
+    for i, s in enumerate(samples):
+        size = len(s.response_ids)
+        if size:
+            response_ids[i, :size] = torch.tensor(s.response_ids)
+            old_logprobs[i, :size] = torch.tensor(s.logprobs)
+            response_mask[i, :size] = torch.tensor(s.trained())
+            token_weight[i, :size] = weights[i]
+    return {
+        "prompt_ids": torch.tensor([prompt]),
+        "response_ids": response_ids,
+        "old_logprobs": old_logprobs,
+        "response_mask": response_mask,
+        "token_weight": token_weight,
+        "advantages": torch.tensor([s.advantage for s in samples]),
+    }
+
+
+def _shared_prompt_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(n, R, vocab) logits of each response token for a `collate_shared` batch: the prompt goes through
+    the model once, its key/value cache is repeated for the n responses, and the gradient flows back
+    through it to the one prompt pass."""
+    prompt, responses = batch["prompt_ids"], batch["response_ids"]
+    (n, resp_len), prompt_len = responses.shape, prompt.shape[1]
+    out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(n)
+    rest = model(
+        input_ids=responses,
+        attention_mask=torch.ones(n, prompt_len + resp_len, dtype=torch.long, device=responses.device),
+        position_ids=torch.arange(prompt_len, prompt_len + resp_len, device=responses.device).expand(n, resp_len),
+        cache=cache,
+        use_cache=True,
+    ).logits
+    # The prompt's last logit predicts the first response token; a response's right padding comes last
+    # and no real token attends to it (causal attention), so it needs no mask.
+    return torch.cat([out.logits[:, -1:].expand(n, 1, -1), rest[:, :-1]], dim=1)
+
+
 def response_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of each response token and the entropy of the distribution it came from, (B, R),
-    under ``softmax(logits / temperature)``: the distribution generation sampled from."""
+    under ``softmax(logits / temperature)``: the distribution generation sampled from. `batch` comes
+    from `collate` (each sample whole) or `collate_shared` (one prompt, several responses)."""
     resp_len = batch["response_mask"].shape[1]
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        logits_to_keep=resp_len + 1,
-    ).logits[:, :-1].float()  # the logit at position p predicts the token at p + 1
+    if "prompt_ids" in batch:
+        logits = _shared_prompt_logits(model, batch).float()
+        targets = batch["response_ids"]
+    else:
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            logits_to_keep=resp_len + 1,
+        ).logits[:, :-1].float()  # the logit at position p predicts the token at p + 1
+        targets = batch["input_ids"][:, -resp_len:]
     log_probs = F.log_softmax(logits / temperature, dim=-1)
-    targets = batch["input_ids"][:, -resp_len:]
     token_logprobs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     return token_logprobs, entropy
@@ -208,18 +264,16 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     if total_tokens == 0:
         raise ValueError("no model-written tokens to train on (every response is empty or scaffold only)")
     use_kl = cfg.kl_coef > 0
-    # Similar lengths share a micro-batch, so less compute goes to padding; the sum is the same.
-    order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids),
-                   reverse=True)
     weights = token_weights(samples, cfg.balance_roles)
     sums = {"loss": 0.0, "pg_loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_fraction": 0.0}
 
     device = next(model.parameters()).device
     without_dropout(model)
     optimizer.zero_grad(set_to_none=True)
-    for start in range(0, len(order), cfg.micro_batch_size):
-        chunk = order[start:start + cfg.micro_batch_size]
-        batch = {k: v.to(device) for k, v in collate([samples[i] for i in chunk], [weights[i] for i in chunk]).items()}
+    share = not getattr(model, "is_gradient_checkpointing", False)  # the prompt's cache needs use_cache
+    for chunk, shared in micro_batches(samples, cfg.micro_batch_size, share):
+        make = collate_shared if shared else collate
+        batch = {k: v.to(device) for k, v in make([samples[i] for i in chunk], [weights[i] for i in chunk]).items()}
         mask = batch["response_mask"]
         logprobs, entropy = response_logprobs(model, batch, temperature)
         old_logprobs = batch["old_logprobs"] if use_recorded_logprobs else logprobs.detach()
@@ -252,6 +306,27 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
         del metrics["kl"]
     metrics.update(grad_norm=float(grad_norm), tokens=total_tokens, learning_rate=learning_rate)
     return metrics
+
+
+def micro_batches(samples: Sequence[Sample], size: int, share: bool = True) -> list[tuple[list[int], bool]]:
+    """Sample indices per micro-batch, and whether the micro-batch shares one prompt.
+
+    Samples with the same prompt (a task's n solver rollouts) go through the model together with the
+    prompt computed once (`collate_shared`), `size` at a time; the rest are batched whole, similar
+    lengths together so that less compute goes to padding. The loss is a sum, so grouping changes
+    nothing but the cost.
+    """
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(samples):
+        by_prompt.setdefault(tuple(s.prompt_ids), []).append(i)
+    batches, alone = [], []
+    for group in by_prompt.values():
+        if share and len(group) > 1:
+            batches += [(group[k:k + size], True) for k in range(0, len(group), size)]
+        else:
+            alone += group
+    alone.sort(key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids), reverse=True)
+    return batches + [(alone[k:k + size], False) for k in range(0, len(alone), size)]
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:

@@ -265,3 +265,33 @@ def test_roles_weigh_equally_in_the_loss():
     assert balanced == pytest.approx((proposer + solver) / 2, abs=1e-5)
     assert plain == pytest.approx(token_mean, abs=1e-5)
     assert abs(balanced - plain) > 0.05
+
+
+def test_rollouts_that_share_a_prompt_give_the_same_update_with_the_prompt_computed_once():
+    model, tokenizer = tiny_model()
+    prompt = tokenizer(PROMPTS[0], add_special_tokens=False).input_ids
+    drafts = [rl.Sample(prompt, tokenizer(r, add_special_tokens=False).input_ids, [], a, None, "solve")
+              for r, a in zip(RESPONSES, [1.0, -1.0, 0.5, -0.25])]
+    samples = [rl.Sample(d.prompt_ids, d.response_ids, lp, d.advantage, None, "solve")
+               for d, lp in zip(drafts, current_logprobs(model, [rl.Sample(d.prompt_ids, d.response_ids,
+                                                                            [0.0] * len(d.response_ids), 1.0) for d in drafts]))]
+    assert rl.micro_batches(samples, 4) == [([0, 1, 2, 3], True)]
+    with torch.no_grad():  # the shared pass gives each response token the log-prob a whole pass gives
+        shared = rl.response_logprobs(model, rl.collate_shared(samples))[0]
+        for i, s in enumerate(samples):
+            whole = rl.response_logprobs(model, rl.collate([s]))[0][0]
+            torch.testing.assert_close(shared[i, :len(s.response_ids)], whole, atol=1e-5, rtol=0)
+    def gradients(model, checkpointing):
+        cfg = TrainingConfig(learning_rate=1e-3, micro_batch_size=4)
+        optimizer, scheduler = rl.build_optimizer(model, cfg)
+        if checkpointing:
+            rl.enable_gradient_checkpointing(model)  # the path without prompt sharing
+        seen = {}
+        optimizer.step = lambda: seen.update({n: p.grad.clone() for n, p in model.named_parameters()})
+        return rl.train_step(model, optimizer, scheduler, samples, cfg), seen
+
+    metrics_shared, shared_grads = gradients(copy.deepcopy(model), False)
+    metrics_whole, whole_grads = gradients(copy.deepcopy(model), True)
+    assert metrics_shared["loss"] == pytest.approx(metrics_whole["loss"], abs=1e-6)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-6, rtol=1e-4)
