@@ -132,12 +132,15 @@ def report_command(
         err_console.print(f"[red]error:[/red] {run} has no finished iteration yet", markup=True, highlight=False)
         raise typer.Exit(1)
     rows = summary_rows(frame)
-    table = Table(title=f"run {run_dir.name}", box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False)
+    table = Table(title=f"run {run_dir.name}: v = valid proposals, R = mean reward, A!=0 = share of non-zero "
+                  "advantages (p propose, s solve), e = held-out pass@1", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  show_edge=False, title_justify="left")
     for column in rows[0]:
         table.add_column(column, justify="right", no_wrap=True)
     for row in rows:
-        table.add_row(*("-" if v is None else (str(v) if isinstance(v, int) else f"{v:.3g}") for v in row.values()))
-    console.print(table)
+        table.add_row(*("-" if v is None else (str(v) if isinstance(v, int) else f"{v:.2f}") for v in row.values()))
+    # A table to read whole, in a log file too (rich would squeeze it into 80 columns there).
+    Console(width=max(console.width, 130), soft_wrap=False).print(table)
     path = draw_report(frame, f"azr run {run_dir.name}", out or run_dir.root / REPORT_FILE)
     console.print(f"wrote {path}", highlight=False)
 

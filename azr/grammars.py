@@ -71,11 +71,11 @@ params ::= param1 | param1 ", " param2 | param1 ", " param2 ", " param3
 param1 ::= {_alternatives(PARAMETERS[0])}
 param2 ::= {_alternatives(PARAMETERS[1])}
 param3 ::= {_alternatives(PARAMETERS[2])}
-body ::= stmt1{{0,6}} "    return " expr "\n"
+body ::= stmt1{{0,4}} "    return " expr "\n"
 stmt1 ::= "    " simple "\n" | "    if " expr ":\n" block2 ("    else:\n" block2)? | "    for " target " in " expr ":\n" block2
-block2 ::= stmt2{{1,4}}
+block2 ::= stmt2{{1,3}}
 stmt2 ::= "        " simple "\n" | "        if " expr ":\n" block3 ("        else:\n" block3)? | "        for " target " in " expr ":\n" block3
-block3 ::= ("            " simple "\n"){{1,3}}
+block3 ::= ("            " simple "\n"){{1,2}}
 simple ::= "return " expr | assign | name augop expr | name "." method "(" args? ")"
 assign ::= target " = " expr | name "[" expr "] = " expr
 augop ::= " += " | " -= " | " *= "

@@ -18,6 +18,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 TASK_TYPES = ("abduction", "deduction", "induction")
+INDUCTION_EXAMPLE_PAIRS = 2  # known pairs of the program shown to the induction proposer
 
 PROGRAM_RULES = """\
 Rules for the program:
@@ -98,8 +99,13 @@ The program:
 ```python
 {program}
 ```
-
+{examples}
 {answer_format}"""
+
+INDUCTION_EXAMPLES = """\
+Inputs it has been called with, and what it returned:
+{pairs}
+"""
 
 PROPOSE_INDUCTION_FORMAT = """\
 Reason inside <think> </think>, then put the inputs, each in its own input block, and the message \
@@ -263,6 +269,7 @@ def proposer_prompt(task_type: str, references: list[dict], banned_modules: list
         program = _field(references[0], "program", "induction reference")
         ending = PROPOSE_INDUCTION_FORMAT_DIRECT if is_direct else PROPOSE_INDUCTION_FORMAT
         return PROPOSE_INDUCTION.format(program=program.strip(), n_inputs=n_inputs, banned=banned,
+                                        examples=_induction_examples(references[0]),
                                         answer_format=ending.format(n_inputs=n_inputs))
     template = {"deduction": PROPOSE_DEDUCTION, "abduction": PROPOSE_ABDUCTION}.get(task_type)
     if template is None:
@@ -313,6 +320,15 @@ def fits_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_tokens: int
     """Whether `prompt`, rendered for the model (`render_chat`), is at most `max_tokens` tokens long."""
     text = render_chat(tokenizer, prompt)
     return len(tokenizer(text, add_special_tokens=not tokenizer.chat_template)["input_ids"]) <= max_tokens
+
+
+def _induction_examples(reference: dict) -> str:
+    """Up to INDUCTION_EXAMPLE_PAIRS known input/output pairs of the induction proposer's program: they
+    show what types its parameters take (without them, most proposed inputs crash the program)."""
+    pairs = list(zip(reference.get("inputs") or [], reference.get("outputs") or []))[:INDUCTION_EXAMPLE_PAIRS]
+    if not pairs:
+        return ""
+    return "\n" + INDUCTION_EXAMPLES.format(pairs="\n".join(PAIR.format(input=i, output=o) for i, o in pairs))
 
 
 def _references(references: list[dict]) -> str:

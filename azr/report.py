@@ -118,13 +118,13 @@ def summary_rows(frame: pd.DataFrame) -> list[dict[str, float | int | None]]:
         rows.append({
             "iter": int(iteration),
             "valid": value(row, "tasks/valid_rate"),
-            **{f"valid {t[:3]}": value(row, f"tasks/valid_rate/{t}") for t in TASK_TYPES},
+            **{f"v {t[:3]}": value(row, f"tasks/valid_rate/{t}") for t in TASK_TYPES},
             "solved": value(row, "solve_rate/all"),
             "R prop": value(row, "reward/propose/reward"),
-            "R solve": value(row, "reward/solve/reward"),
-            "A!=0 prop": value(row, "advantage/propose/nonzero"),
-            "A!=0 solve": value(row, "advantage/solve/nonzero"),
-            **{f"eval {t[:3]}": eval_mean(row, t) for t in TASK_TYPES},
+            "R solv": value(row, "reward/solve/reward"),
+            "A!=0 p": value(row, "advantage/propose/nonzero"),
+            "A!=0 s": value(row, "advantage/solve/nonzero"),
+            **{f"e {t[:3]}": eval_mean(row, t) for t in TASK_TYPES},
             "s": value(row, "seconds/iteration"),
         })
     return rows
