@@ -66,43 +66,54 @@ set ::= "set()" | "{" key (", " key){0,5} "}"
 key ::= number | string | "True" | "False" | "None"
 """
 
-PROGRAM_RULES = rf"""
+STATEMENT_RULES = rf"""
 params ::= param1 | param1 ", " param2 | param1 ", " param2 ", " param3
 param1 ::= {_alternatives(PARAMETERS[0])}
 param2 ::= {_alternatives(PARAMETERS[1])}
 param3 ::= {_alternatives(PARAMETERS[2])}
-body ::= stmt1{{0,4}} "    return " expr "\n"
-stmt1 ::= "    " simple "\n" | "    if " expr ":\n" block2 ("    else:\n" block2)? | "    for " target " in " expr ":\n" block2
+body ::= stmt1{{0,4}} "    return " expr0 "\n"
+stmt1 ::= "    " simple "\n" | "    if " expr0 ":\n" block2 ("    else:\n" block2)? | "    for " target " in " expr0 ":\n" block2
 block2 ::= stmt2{{1,3}}
-stmt2 ::= "        " simple "\n" | "        if " expr ":\n" block3 ("        else:\n" block3)? | "        for " target " in " expr ":\n" block3
+stmt2 ::= "        " simple "\n" | "        if " expr0 ":\n" block3 ("        else:\n" block3)? | "        for " target " in " expr0 ":\n" block3
 block3 ::= ("            " simple "\n"){{1,2}}
-simple ::= "return " expr | assign | name augop expr | name "." method "(" args? ")"
-assign ::= target " = " expr | name "[" expr "] = " expr
+simple ::= "return " expr0 | assign | name augop expr0 | name "." method "(" args1? ")"
+assign ::= target " = " expr0 | name "[" expr1 "] = " expr0
 augop ::= " += " | " -= " | " *= "
 target ::= name | name ", " name
-expr ::= disj | disj " if " disj " else " disj
-disj ::= conj (" or " conj){{0,2}}
-conj ::= neg (" and " neg){{0,2}}
-neg ::= "not " neg | comp
-comp ::= arith | arith cmpop arith
 cmpop ::= " == " | " != " | " < " | " > " | " <= " | " >= " | " in " | " not in "
-arith ::= term ((" + " | " - ") term){{0,3}}
-term ::= factor ((" * " | " // " | " % ") factor){{0,2}}
-factor ::= "-" factor | postfix
-postfix ::= primary trailer{{0,3}} | number | "True" | "False" | "None"
-trailer ::= "[" expr "]" | "[" expr? ":" expr? "]" | "[::-1]" | "." method "(" args? ")"
-primary ::= name | string | "(" expr ")" | call | list | listcomp | dict
-call ::= builtin "(" args? ")" | "sorted(" expr ", reverse=True)"
-args ::= expr (", " expr){{0,3}}
-list ::= "[" args? "]"
-listcomp ::= "[" expr " for " target " in " expr (" if " expr)? "]"
-dict ::= "{{}}" | "{{" expr ": " expr (", " expr ": " expr){{0,3}} "}}"
 name ::= {_alternatives(NAMES)}
 builtin ::= {_alternatives(BUILTINS)}
 method ::= {_alternatives(METHODS)}
 number ::= "0" | [1-9] [0-9]? [0-9]?
 string ::= "'" [^'\\\n]{{0,16}} "'"
 """
+EXPRESSION_DEPTH = 3  # brackets nest at most this deep: `a[b[c]]`, `len(sorted(x))`, not `k[k[k[k[...]]]]`
+
+
+def _expression_rules(depth: int) -> str:
+    """Expressions at bracket depth `depth`: what is inside a bracket is one level deeper, and the
+    deepest level holds names and constants only, so that nesting is bounded."""
+    inner = f"expr{depth + 1}"
+    atoms = 'name | number | string | "True" | "False" | "None"'
+    if depth == EXPRESSION_DEPTH:
+        return f"expr{depth} ::= {atoms}\nargs{depth} ::= expr{depth} (\", \" expr{depth}){{0,3}}\n"
+    d = depth
+    return f"""expr{d} ::= disj{d} | disj{d} " if " disj{d} " else " disj{d}
+disj{d} ::= conj{d} (" or " conj{d}){{0,2}}
+conj{d} ::= neg{d} (" and " neg{d}){{0,2}}
+neg{d} ::= "not "? comp{d}
+comp{d} ::= arith{d} | arith{d} cmpop arith{d}
+arith{d} ::= term{d} ((" + " | " - ") term{d}){{0,3}}
+term{d} ::= factor{d} ((" * " | " // " | " % ") factor{d}){{0,2}}
+factor{d} ::= "-"? postfix{d}
+postfix{d} ::= primary{d} trailer{d}{{0,2}} | number | "True" | "False" | "None"
+trailer{d} ::= "[" {inner} "]" | "[" {inner}? ":" {inner}? "]" | "[::-1]" | "." method "(" args{d + 1}? ")"
+primary{d} ::= name | string | "(" {inner} ")" | builtin "(" args{d + 1}? ")" | "sorted(" {inner} ", reverse=True)" | "[" args{d + 1}? "]" | "[" {inner} " for " target " in " {inner} (" if " {inner})? "]" | "{{}}" | "{{" {inner} ": " {inner} (", " {inner} ": " {inner}){{0,3}} "}}"
+args{d} ::= expr{d} (", " expr{d}){{0,3}}
+"""
+
+
+PROGRAM_RULES = STATEMENT_RULES + "".join(_expression_rules(d) for d in range(EXPRESSION_DEPTH + 1))
 
 
 def program_grammar() -> str:

@@ -166,3 +166,17 @@ def test_free_answers_are_all_the_models(tiny) -> None:
     fmt = answer_format("free", "solve", "deduction", stop_strings=(), max_new_tokens=20)
     gen = generate(HFBackend(model, tokenizer, sampling), tokenizer, ["hello"], [fmt], sampling, seed=1)[0]
     assert all(gen.response_mask) and len(gen.response_mask) == len(gen.response_ids) == 20
+
+
+def test_program_sizes_are_bounded():
+    """A real SmolLM2 program nested `key[key[key[...]]]` until it ran out of tokens."""
+    info = xgr.TokenizerInfo(CHARS)
+    compiled = xgr.GrammarCompiler(info).compile_grammar(grammars.program_grammar())
+
+    def accepts(text: str) -> bool:
+        return xgr.GrammarMatcher(compiled, terminate_without_stop_token=True).accept_string(text)
+
+    assert accepts("s):\n    return s[s[s[1]]]\n```")
+    assert not accepts("s):\n    return s[s[s[s[1]]]]\n```")
+    assert accepts("s):\n" + "    r = 1\n" * 4 + "    return r\n```")
+    assert not accepts("s):\n" + "    r = 1\n" * 5 + "    return r\n```")
