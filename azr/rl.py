@@ -173,7 +173,7 @@ def _shared_prompt_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]
     prompt, responses = batch["prompt_ids"], batch["response_ids"]
     (n, resp_len), prompt_len = responses.shape, prompt.shape[1]
     out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(n)
     rest = model(
         input_ids=responses,
@@ -270,7 +270,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     device = next(model.parameters()).device
     without_dropout(model)
     optimizer.zero_grad(set_to_none=True)
-    share = not getattr(model, "is_gradient_checkpointing", False)  # the prompt's cache needs use_cache
+    share = not getattr(model, "is_activation_checkpointing", False)  # the prompt's cache needs use_cache
     for chunk, shared in micro_batches(samples, cfg.micro_batch_size, share):
         make = collate_shared if shared else collate
         batch = {k: v.to(device) for k, v in make([samples[i] for i in chunk], [weights[i] for i in chunk]).items()}
