@@ -23,10 +23,8 @@ REPORT_FILE = "report.png"
 def report_frame(run: RunDir) -> pd.DataFrame:
     """One row per iteration with finished files (index: iteration; 0 holds the base model's evaluation)."""
     rows = {}
-    for iteration in run.iterations():
-        metrics = runs.iteration_metrics(run, iteration)
-        if "tasks/valid_rate" in metrics:
-            rows[iteration] = metrics
+    for iteration in range(1, runs.iterations_done(run) + 1):  # finished iterations only
+        rows[iteration] = runs.iteration_metrics(run, iteration)
     config = load_config(run.config_path)
     for iteration in [0, *rows]:
         path = run.eval_path(iteration)
@@ -46,6 +44,7 @@ def draw_report(frame: pd.DataFrame, title: str, out: Path) -> Path:
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     train = frame.drop(index=0, errors="ignore")
     fig, axes = plt.subplots(4, 2, figsize=(13, 15), constrained_layout=True)
@@ -58,6 +57,7 @@ def draw_report(frame: pd.DataFrame, title: str, out: Path) -> Path:
                 ax.plot(values.index, values.values, marker=marker or ("o" if len(values) < 12 else None), label=label)
         ax.set_title(name)
         ax.set_xlabel("iteration")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ylim:
             ax.set_ylim(*ylim)
         if ax.lines:
@@ -75,6 +75,7 @@ def draw_report(frame: pd.DataFrame, title: str, out: Path) -> Path:
         bottom += reasons[column]
     ax.set_title("rejected proposals by reason")
     ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(reasons.columns):
         ax.legend(fontsize=7, ncol=2)
     lines(axes[1, 0], {"all": train.get("solve_rate/all", pd.Series(dtype=float)),
@@ -94,6 +95,7 @@ def draw_report(frame: pd.DataFrame, title: str, out: Path) -> Path:
     ax.stackplot(train.index, *[seconds[c] for c in seconds.columns], labels=[c.removeprefix("seconds/") for c in seconds.columns])
     ax.set_title("seconds per stage")
     ax.set_xlabel("iteration")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if len(seconds.columns):
         ax.legend(fontsize=8, loc="upper left")
     out = Path(out)
