@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: response_mask (azr's scaffold tokens are not the model's)
 
 
 class ArtifactError(RuntimeError):

@@ -113,7 +113,8 @@ def _load_policy(model_config: ModelConfig, checkpoint: Path | None, trainable: 
         return (model if trainable else model.merge_and_unload()), tokenizer
     if trainable and model_config.lora.enabled:
         lora = model_config.lora
-        peft_config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        # No dropout: the update must see the policy that sampled (the PPO ratio starts at 1).
+        peft_config = PeftLoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=0.0,
                                      target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
         return get_peft_model(model, peft_config), tokenizer
     return model, tokenizer

@@ -112,5 +112,38 @@ def model_export(
     typer.echo(str(out))
 
 
+@app.command("report")
+def report_command(
+    run: Annotated[Path, typer.Argument(help="Run directory (runs/<name>).")],
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Picture to write [default: RUN/report.png].")] = None,
+) -> None:
+    """Draw a run's curves per iteration into report.png and print them as a table: valid proposals,
+    rejection reasons, solve rates, rewards, non-zero advantages, held-out pass@1, seconds per stage."""
+    from rich import box
+    from rich.table import Table
+
+    from azr.artifacts import RunDir
+    from azr.report import REPORT_FILE, draw_report, report_frame, summary_rows
+
+    run_dir = RunDir(run)
+    resolve_config(run_dir.config_path, [])  # a clear error when RUN is not a run directory
+    frame = report_frame(run_dir)
+    if frame.empty:
+        err_console.print(f"[red]error:[/red] {run} has no finished iteration yet", markup=True, highlight=False)
+        raise typer.Exit(1)
+    rows = summary_rows(frame)
+    table = Table(title=f"run {run_dir.name}: v = valid proposals, R = mean reward, A!=0 = share of non-zero "
+                  "advantages (p propose, s solve), e = held-out pass@1", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  show_edge=False, title_justify="left")
+    for column in rows[0]:
+        table.add_column(column, justify="right", no_wrap=True)
+    for row in rows:
+        table.add_row(*("-" if v is None else (str(v) if isinstance(v, int) else f"{v:.2f}") for v in row.values()))
+    # A table to read whole, in a log file too (rich would squeeze it into 80 columns there).
+    Console(width=max(console.width, 130), soft_wrap=False).print(table)
+    path = draw_report(frame, f"azr run {run_dir.name}", out or run_dir.root / REPORT_FILE)
+    console.print(f"wrote {path}", highlight=False)
+
+
 import azr.eval_cli  # noqa: E402,F401  registers `azr eval` and `azr compare` on app
 import azr.sandbox.cli  # noqa: E402,F401  registers `azr validate`, `azr score cruxeval` and `azr sandbox build` on app

@@ -42,7 +42,6 @@ class LoraConfig(Section):
     enabled: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
     r: int = Field(16, gt=0, description="LoRA rank.")
     alpha: int = Field(32, gt=0, description="LoRA scaling numerator (lora_alpha).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="Module names that get adapters.",
@@ -75,12 +74,40 @@ class ModelConfig(Section):
 class SamplingConfig(Section):
     temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 means greedy.")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(512, gt=0, description="Longest generation, in tokens.")
+    max_new_tokens: int = Field(
+        512, gt=0,
+        description="Longest generation, in tokens: the whole answer with answer_format free, each field the model "
+        "writes otherwise (fields also have their own bounds: program 192, value 64, message 48).",
+    )
     batch_size: int = Field(16, gt=0, description="Prompts per generate() call; bounds generation memory.")
-    max_prompt_tokens: int = Field(2048, gt=0, description="Prompts longer than this are truncated on the left.")
+    max_prompt_tokens: int = Field(
+        2048, gt=0,
+        description="Longest prompt. A proposer prompt drops references to fit; a task whose solver prompt "
+        "would not fit is rejected (prompt_too_long). Prompts are never cut.",
+    )
     stop_strings: list[str] = Field(
         default_factory=lambda: ["</answer>"],
-        description="A generation ends once its text contains one of these (kept in the text), or at EOS.",
+        description="With generation.answer_format free: a generation ends once its text contains one of these "
+        "(kept in the text), or at EOS.",
+    )
+
+
+class GenerationConfig(Section):
+    answer_format: Literal["free", "prefill", "grammar"] = Field(
+        "grammar",
+        description="Who writes what in an answer. free: the model writes it all (reasoning, tags, blocks). "
+        "prefill: azr writes the answer's scaffold (tags, fence labels, 'def f('), the model writes only the "
+        "fields (program, input, output, message). grammar: prefill, and each field is constrained by a grammar "
+        "(a program that parses, literals, one argument per parameter of f). azr's scaffold is never trained on.",
+    )
+
+
+class LadderConfig(Section):
+    syntax: float = Field(-0.75, le=0.0, description="The program does not parse (or defines no f).")
+    runtime: float = Field(-0.5, le=0.0, description="It parses but fails on its input (error, timeout, memory limit).")
+    impure: float = Field(
+        -0.25, le=0.0,
+        description="It runs but is not a task: nondeterministic, impure, a banned import, or a value that is not plain data.",
     )
 
 
@@ -92,7 +119,19 @@ class RewardsConfig(Section):
     learnability_at_extremes: float = Field(
         0.0, description="Learnability when the solve rate is 0 or 1 (paper: 0; reference code: -0.5)."
     )
-    invalid_penalty: float = Field(-1.0, le=0.0, description="Proposer reward for a rejected proposal.")
+    invalid_penalty: float = Field(
+        -1.0, le=0.0, description="Proposer reward for a proposal that cannot be read (no program or input: a format error)."
+    )
+    wrong_task_penalty: float = Field(
+        -0.5, le=0.0,
+        description="Proposer reward for a readable proposal that is not a valid task, outside force acceptance "
+        "(the paper's 'wrong but well formatted').",
+    )
+    ladder: LadderConfig = Field(
+        default_factory=LadderConfig,
+        description="Under force acceptance: proposer rewards for invalid proposals by how far they got, so that "
+        "the proposer has a direction to climb (a proposal that cannot be read gets invalid_penalty).",
+    )
     wrong_format_penalty: float = Field(-0.5, le=0.0, description="Solver reward: wrong but well formed (outside force acceptance).")
     malformed_penalty: float = Field(-1.0, le=0.0, description="Solver reward: malformed answer (outside force acceptance).")
     advantage_eps: float = Field(1e-6, gt=0.0, description="Epsilon in the TRR++ normalisation (r - mean) / (std + eps).")
@@ -178,6 +217,12 @@ class TrainingConfig(Section):
     micro_batch_size: int = Field(4, gt=0, description="Samples per forward/backward; bounds training memory.")
     keep_checkpoints: int = Field(2, ge=0, description="Older checkpoints kept besides the newest one.")
     warmup_steps: int = Field(0, ge=0, description="Iterations of linear learning-rate warmup (from 0); then constant.")
+    balance_roles: bool = Field(
+        True,
+        description="Weigh the roles equally in the loss: each role's loss is the mean over its own tokens, and the "
+        "loss is the mean over roles (as the reference trains proposer and solver in equal numbers). Off: one mean "
+        "over every token, so the n solver rollouts per task outweigh the proposals.",
+    )
 
 
 class TrackingConfig(Section):
@@ -243,7 +288,8 @@ class AZRConfig(Section):
     force_accept_threshold: int = Field(50, ge=0, description="Force acceptance applies while iteration <= threshold.")
 
     model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Generation settings.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling settings.")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="How answers are generated.")
     rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="Reward weights and penalties.")
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Sandbox settings.")
     validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Task quality checks.")

@@ -8,6 +8,7 @@ Ground-truth checks (parse, banned imports, runs, determinism) are done by the s
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -29,22 +30,31 @@ def _triplet(task: pd.Series) -> dict:
     }
 
 
-def proposer_request(task_type: str, buffer: pd.DataFrame, config: AZRConfig, rng: np.random.Generator) -> tuple[str, list[str], str | None]:
+def proposer_request(task_type: str, buffer: pd.DataFrame, config: AZRConfig, rng: np.random.Generator,
+                     fits: Callable[[str], bool] = lambda prompt: True) -> tuple[str, list[str], str | None]:
     """(prompt, reference task ids, program) for one proposal.
 
     Deduction and abduction proposers see K references and write a new program; the induction proposer
-    gets one buffer program (returned as ``program``) and writes inputs and a message for it.
+    gets one buffer program (returned as ``program``) and writes inputs and a message for it. A prompt
+    that does not `fit` drops its last reference until it does (never its instructions).
     """
     banned = config.executor.banned_modules
     n_inputs = config.validation.induction_num_inputs
+    mode = config.generation.answer_format
     if task_type == "induction":
         chosen = sample_references(buffer, 1, rng)
         task = chosen.iloc[0]
-        prompt = prompts.proposer_prompt(task_type, [_triplet(task)], banned, n_inputs)
+        prompt = prompts.proposer_prompt(task_type, [_triplet(task)], banned, n_inputs, mode)
+        if not fits(prompt):
+            raise ValueError(f"the induction proposer prompt for buffer task {task['task_id']} is longer than "
+                             "sampling.max_prompt_tokens; raise it")
         return prompt, [task["task_id"]], task["program"]
     refs = sample_references(buffer, config.buffer.references, rng)
-    prompt = prompts.proposer_prompt(task_type, [_triplet(t) for _, t in refs.iterrows()], banned, n_inputs)
-    return prompt, list(refs["task_id"]), None
+    for k in range(len(refs), -1, -1):
+        prompt = prompts.proposer_prompt(task_type, [_triplet(t) for _, t in refs.iloc[:k].iterrows()], banned, n_inputs, mode)
+        if fits(prompt):
+            return prompt, list(refs["task_id"].iloc[:k]), None
+    raise ValueError(f"a {task_type} proposer prompt without references is longer than sampling.max_prompt_tokens; raise it")
 
 
 def split_induction(n_pairs: int, rng: np.random.Generator) -> list[int]:

@@ -138,23 +138,58 @@ def _cell(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _evaluation(path: Path):
+    """The evaluation rows behind A or B: an `azr eval --out` Parquet file, or a run directory's newest
+    held-out evaluation (eval/iter-NNNN.parquet); None for a run without one."""
+    from azr.artifacts import ArtifactError, RunDir, read_table
+
+    if _is_run_dir(path):
+        files = sorted(RunDir(path).root.glob("eval/iter-*.parquet"))
+        return read_table(files[-1], verify=False) if files else None
+    try:
+        return read_table(path, verify=False)
+    except ArtifactError as exc:
+        _fail(f"{path}: neither a run directory nor an evaluation Parquet file ({exc})")
+
+
+def _paired_table(a, b, name_a: str, name_b: str) -> Table:
+    from azr.evaluation import BenchmarkError, paired_comparison
+
+    try:
+        rows = paired_comparison(a, b)
+    except BenchmarkError as exc:
+        _fail(str(exc), code=1)
+    table = Table(*(Column(title, no_wrap=True) for title in ("set", "mode", "n", "A", "B", "B - A", "only A/B", "p", "test")),
+                  title=f"pass@1 paired by problem: A = {name_a}, B = {name_b}", box=box.SIMPLE_HEAD, padding=(0, 1))
+    for r in rows:
+        table.add_row(r["set"], r["task_type"], str(r["problems"]), f"{r['pass_at_1_a']:.3f}", f"{r['pass_at_1_b']:.3f}",
+                      f"{r['difference']:+.3f}", f"{r['only_a']}/{r['only_b']}", f"{r['p_value']:.3g}", r["test"])
+    return table
+
+
 @app.command("compare")
 def compare_command(
-    run_a: Annotated[Path, typer.Argument(help="First run directory.")],
-    run_b: Annotated[Path, typer.Argument(help="Second run directory.")],
+    run_a: Annotated[Path, typer.Argument(help="First run directory, or an evaluation Parquet file (azr eval --out).")],
+    run_b: Annotated[Path, typer.Argument(help="Second run directory, or an evaluation Parquet file.")],
     prefix: Annotated[str, typer.Option("--prefix", "-p", help="Show metrics whose name starts with this; '' = all.")] = "eval/",
 ) -> None:
-    """Print the final and best value of each metric of two runs side by side (read from MLflow)."""
-    _, metrics_a = _run_metrics(run_a)
-    _, metrics_b = _run_metrics(run_b)
-    keys = sorted(k for k in set(metrics_a) | set(metrics_b) if k.startswith(prefix))
-    if not keys:
-        _fail(f"neither run has a metric starting with {prefix!r} (eval metrics need eval.every > 0)", code=1)
-    table = Table(Column("metric", min_width=max(map(len, keys))), "A final", "A best", "B final", "B best", "B - A",
-                  title=f"A = {run_a.name}, B = {run_b.name}", box=box.SIMPLE_HEAD)
-    for key in keys:
-        a = final_and_best(metrics_a[key], key) if key in metrics_a else (None, None)
-        b = final_and_best(metrics_b[key], key) if key in metrics_b else (None, None)
-        delta = b[0] - a[0] if a[0] is not None and b[0] is not None else None
-        table.add_row(key, _cell(a[0]), _cell(a[1]), _cell(b[0]), _cell(b[1]), _cell(delta))
-    console.print(table)
+    """Compare two runs or evaluations: for two runs, the final and best value of each metric side by side
+    (read from MLflow); for evaluations on the same problems (two `azr eval` files, or the runs' newest
+    held-out evaluations), pass@1 problem by problem with the paired difference and its p-value."""
+    if _is_run_dir(run_a) and _is_run_dir(run_b):
+        _, metrics_a = _run_metrics(run_a)
+        _, metrics_b = _run_metrics(run_b)
+        keys = sorted(k for k in set(metrics_a) | set(metrics_b) if k.startswith(prefix))
+        if not keys:
+            _fail(f"neither run has a metric starting with {prefix!r} (eval metrics need eval.every > 0)", code=1)
+        table = Table(Column("metric", min_width=max(map(len, keys))), "A final", "A best", "B final", "B best", "B - A",
+                      title=f"A = {run_a.name}, B = {run_b.name}", box=box.SIMPLE_HEAD)
+        for key in keys:
+            a = final_and_best(metrics_a[key], key) if key in metrics_a else (None, None)
+            b = final_and_best(metrics_b[key], key) if key in metrics_b else (None, None)
+            delta = b[0] - a[0] if a[0] is not None and b[0] is not None else None
+            table.add_row(key, _cell(a[0]), _cell(a[1]), _cell(b[0]), _cell(b[1]), _cell(delta))
+        console.print(table)
+    a, b = _evaluation(run_a), _evaluation(run_b)
+    if a is not None and b is not None:
+        console.print(_paired_table(a, b, run_a.name, run_b.name))

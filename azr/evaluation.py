@@ -35,6 +35,7 @@ from azr import prompts, schemas
 from azr.config import TASK_TYPES, AZRConfig, SamplingConfig
 from azr.answers import score_responses
 from azr.data_construction import solver_view, split_induction
+from azr.formats import solver_format
 from azr.parsing import ANSWER_KIND
 from azr.seeding import stage_seed
 
@@ -195,16 +196,20 @@ def evaluate_problems(model, tokenizer, sandbox, problems: list[dict[str, Any]],
     """`eval.samples` answers per problem from the model, scored: one row per answer (no run keys).
 
     `progress(done, total)` is called after each batch of `sampling.batch_size` answers."""
-    from azr.generation import generate  # torch is slow to import; reading and scoring do without it
+    from azr.generation import HFBackend, generate  # torch is slow to import; reading and scoring do without it
 
     started = time.perf_counter()
     sampling = eval_sampling(config)
+    backend = HFBackend(model, tokenizer, sampling)
+    mode = config.generation.answer_format
     rollouts = [(p, sample) for p in problems for sample in range(config.eval.samples)]
-    rendered = [prompts.render_chat(tokenizer, prompts.solver_prompt(p["task_type"], solver_view(p))) for p, _ in rollouts]
+    rendered = [prompts.render_chat(tokenizer, prompts.solver_prompt(p["task_type"], solver_view(p), mode))
+                for p, _ in rollouts]
+    formats = [solver_format(config, p) for p, _ in rollouts]
     generations = []
     for start in range(0, len(rendered), sampling.batch_size):
-        chunk = rendered[start:start + sampling.batch_size]
-        generations += generate(model, tokenizer, chunk, sampling, seed=seed + start)
+        end = start + sampling.batch_size
+        generations += generate(backend, tokenizer, rendered[start:end], formats[start:end], sampling, seed=seed + start)
         if progress is not None:
             progress(len(generations), len(rendered))
     scores = score_responses(sandbox, [p for p, _ in rollouts], [g.text for g in generations], config.eval.strict)
@@ -277,3 +282,42 @@ def eval_metrics(frame: pd.DataFrame, ks: list[int] = (1,)) -> dict[str, float]:
 def _check_task_type(task_type: str) -> None:
     if task_type not in TASK_TYPES:
         raise BenchmarkError(f"unknown mode {task_type!r}; expected one of {', '.join(TASK_TYPES)}")
+
+
+# ---------------------------------------------------------------- comparing two evaluations
+
+
+def paired_comparison(a: pd.DataFrame, b: pd.DataFrame, *, resamples: int = 10_000, seed: int = 0) -> list[dict[str, Any]]:
+    """pass@1 of two evaluations on the same problems, per (set, task type), with the paired difference
+    B - A and a two-sided p-value for "no difference".
+
+    With one answer per problem (greedy), the exact McNemar test ("McNemar"): a binomial test on the
+    problems only one of the two solved. With several, a paired bootstrap ("bootstrap", `resamples`
+    draws of the problems) of the difference in mean pass@1. Only problems both evaluations answered
+    count."""
+    from scipy.stats import binomtest
+
+    def per_problem(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.groupby(["set", "task_type", "task_id"])["correct"].agg(["mean", "size"])
+
+    joined = per_problem(a).join(per_problem(b), lsuffix="_a", rsuffix="_b", how="inner")
+    if joined.empty:
+        raise BenchmarkError("the two evaluations share no problem (same set, mode and problem id)")
+    rows = []
+    for (set_name, task_type), group in joined.groupby(level=[0, 1], sort=True):
+        pa, pb = group["mean_a"].to_numpy(), group["mean_b"].to_numpy()
+        greedy = bool((group["size_a"] == 1).all() and (group["size_b"] == 1).all())
+        only_a, only_b = int(((pa == 1) & (pb == 0)).sum()), int(((pa == 0) & (pb == 1)).sum())
+        if greedy:
+            test = "McNemar"
+            p_value = binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+        else:
+            test = "bootstrap"
+            rng = np.random.default_rng(seed)
+            picks = rng.integers(0, len(pa), size=(resamples, len(pa)))
+            diffs = (pb[picks] - pa[picks]).mean(axis=1)
+            p_value = min(1.0, 2 * min((diffs <= 0).mean(), (diffs >= 0).mean()))
+        rows.append({"set": set_name, "task_type": task_type, "problems": len(group), "pass_at_1_a": float(pa.mean()),
+                     "pass_at_1_b": float(pb.mean()), "difference": float(pb.mean() - pa.mean()),
+                     "only_a": only_a, "only_b": only_b, "p_value": float(p_value), "test": test})
+    return rows

@@ -151,6 +151,15 @@ def load_model(
     local = prepare_model(str(path) if path is not None else config.name_or_path, config.cache_dir)
     model = AutoModelForCausalLM.from_pretrained(local, dtype=getattr(torch, config.dtype))
     model.eval()
+    return model, _tokenizer(local)
+
+
+def load_tokenizer(config: ModelConfig) -> PreTrainedTokenizerBase:
+    """The policy's tokenizer alone (for counting prompt tokens), set up as `load_model` sets it."""
+    return _tokenizer(prepare_model(config.name_or_path, config.cache_dir))
+
+
+def _tokenizer(local: Path) -> PreTrainedTokenizerBase:
     tokenizer = AutoTokenizer.from_pretrained(local)
     tokenizer.padding_side = "left"
     tokenizer.truncation_side = "left"
@@ -158,7 +167,7 @@ def load_model(
         if tokenizer.eos_token is None:
             raise ValueError(f"tokenizer of {local} has neither a pad token nor an eos token to pad with")
         tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
+    return tokenizer
 
 
 def generation_dtype(config: ModelConfig) -> torch.dtype:

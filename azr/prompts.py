@@ -2,9 +2,12 @@
 
 This module is the place to customise what the model is asked. Edit the template strings below;
 they are `str.format` templates, so write a literal brace as `{{` or `}}`. Keep the answer format
-(reasoning in `<think>`, the answer in `<answer>` with fenced `python` / `input` / `output` /
-`message` blocks): `azr.parsing` reads exactly that. The golden files in `tests/golden/` show
-every rendered prompt; regenerate them with `AZR_UPDATE_GOLDEN=1 pytest tests/test_prompts.py`.
+(the answer in `<answer>` with fenced `python` / `input` / `output` / `message` blocks):
+`azr.parsing` reads exactly that. Each role has two endings: `free` (the model reasons in
+`<think>` and writes the whole answer) and `direct` (`generation.answer_format` prefill or
+grammar: azr writes the answer's scaffold and the model only fills in its blocks, so the prompt
+just shows the shape). The golden files in `tests/golden/` show every rendered prompt; regenerate
+them with `AZR_UPDATE_GOLDEN=1 pytest tests/test_prompts.py`.
 
 An *input* is always written as the arguments of a call to `f`: for `f([1, 2], 'ab')` the input
 is `[1, 2], 'ab'`. An *output* is the `repr` of the returned value.
@@ -15,6 +18,7 @@ from __future__ import annotations
 from transformers import PreTrainedTokenizerBase
 
 TASK_TYPES = ("abduction", "deduction", "induction")
+INDUCTION_EXAMPLE_PAIRS = 2  # known pairs of the program shown to the induction proposer
 
 PROGRAM_RULES = """\
 Rules for the program:
@@ -23,6 +27,24 @@ Rules for the program:
 - Make it deterministic: the same input must always give the same output, with no state kept between calls.
 - Return a value made of literals (numbers, strings, booleans, None, and lists, tuples, dicts or sets of them).
 - Write the input as the arguments of a call to `f`, using literals only: for `f([1, 2], 'ab')` write `[1, 2], 'ab'`."""
+
+PROGRAM_RULES_DIRECT = """\
+Rules for the program:
+- Define one function named `f`. It uses no imports and no randomness, and returns the same value for the same input.
+- Return a value made of literals (numbers, strings, booleans, None, and lists, tuples, dicts or sets of them).
+- Write the input as the arguments of a call to `f`, using literals only: for `f([1, 2], 'ab')` write `[1, 2], 'ab'`."""
+
+PROPOSE_ANSWER_FORMAT_DIRECT = """\
+Answer with the program and its input only, in this form:
+<answer>
+```python
+def f(...):
+    ...
+```
+```input
+...
+```
+</answer>"""
 
 PROPOSE_ANSWER_FORMAT = """\
 Reason inside <think> </think>, then put the program and the input inside <answer> </answer>, exactly like this:
@@ -77,10 +99,30 @@ The program:
 ```python
 {program}
 ```
+{examples}
+{answer_format}"""
 
+INDUCTION_EXAMPLES = """\
+Inputs it has been called with, and what it returned:
+{pairs}
+"""
+
+PROPOSE_INDUCTION_FORMAT = """\
 Reason inside <think> </think>, then put the inputs, each in its own input block, and the message \
 inside <answer> </answer>, exactly like this:
 <think>your reasoning</think>
+<answer>
+```input
+...
+```
+(one input block for each of the {n_inputs} inputs)
+```message
+...
+```
+</answer>"""
+
+PROPOSE_INDUCTION_FORMAT_DIRECT = """\
+Answer with the inputs, each in its own input block, and then the message, in this form:
 <answer>
 ```input
 ...
@@ -101,9 +143,20 @@ Work out what the Python function `f` returns when it is called with the input b
 {input}
 ```
 
+{answer_format}"""
+
+SOLVE_DEDUCTION_FORMAT = """\
 Reason step by step inside <think> </think>, then give the returned value as a Python literal \
 (as `repr` would print it) inside <answer> </answer>, exactly like this:
 <think>your reasoning</think>
+<answer>
+```output
+...
+```
+</answer>"""
+
+SOLVE_DEDUCTION_FORMAT_DIRECT = """\
+Answer with the returned value only, as a Python literal (as `repr` would print it), in this form:
 <answer>
 ```output
 ...
@@ -120,9 +173,21 @@ Find an input for which the Python function `f` below returns the given output.
 {output}
 ```
 
+{answer_format}"""
+
+SOLVE_ABDUCTION_FORMAT = """\
 Reason step by step inside <think> </think>, then give the input inside <answer> </answer>, \
 written as the arguments of a call to `f` (for `f([1, 2], 'ab')` write `[1, 2], 'ab'`), exactly like this:
 <think>your reasoning</think>
+<answer>
+```input
+...
+```
+</answer>"""
+
+SOLVE_ABDUCTION_FORMAT_DIRECT = """\
+Answer with the input only, written as the arguments of a call to `f` (for `f([1, 2], 'ab')` write \
+`[1, 2], 'ab'`), in this form:
 <answer>
 ```input
 ...
@@ -137,9 +202,21 @@ Message from the task author: {message}
 
 {pairs}
 
+{answer_format}"""
+
+SOLVE_INDUCTION_FORMAT = """\
 Reason step by step inside <think> </think>, then give the program inside <answer> </answer>, \
 exactly like this:
 <think>your reasoning</think>
+<answer>
+```python
+def f(...):
+    ...
+```
+</answer>"""
+
+SOLVE_INDUCTION_FORMAT_DIRECT = """\
+Answer with the program only, in this form:
 <answer>
 ```python
 def f(...):
@@ -170,45 +247,63 @@ PAIR = """\
 ```"""
 
 
-def proposer_prompt(task_type: str, references: list[dict], banned_modules: list[str], n_inputs: int) -> str:
+def direct(answer_format: str) -> bool:
+    """True when azr writes the answer's scaffold (`generation.answer_format` prefill or grammar)."""
+    if answer_format not in ("free", "prefill", "grammar"):
+        raise ValueError(f"unknown answer format {answer_format!r}; expected free, prefill or grammar")
+    return answer_format != "free"
+
+
+def proposer_prompt(task_type: str, references: list[dict], banned_modules: list[str], n_inputs: int,
+                    answer_format: str = "free") -> str:
     """The proposer's prompt for `task_type`.
 
     Deduction and abduction: `references` are K triplets (keys program, input, output) shown as
     examples. Induction: `references[0]["program"]` is the program to write `n_inputs` inputs for.
     """
     banned = ", ".join(banned_modules) if banned_modules else "(none)"
+    is_direct = direct(answer_format)
     if task_type == "induction":
         if not references:
             raise ValueError("induction proposer needs references[0]: the program to write inputs for")
         program = _field(references[0], "program", "induction reference")
-        return PROPOSE_INDUCTION.format(program=program.strip(), n_inputs=n_inputs, banned=banned)
+        ending = PROPOSE_INDUCTION_FORMAT_DIRECT if is_direct else PROPOSE_INDUCTION_FORMAT
+        return PROPOSE_INDUCTION.format(program=program.strip(), n_inputs=n_inputs, banned=banned,
+                                        examples=_induction_examples(references[0]),
+                                        answer_format=ending.format(n_inputs=n_inputs))
     template = {"deduction": PROPOSE_DEDUCTION, "abduction": PROPOSE_ABDUCTION}.get(task_type)
     if template is None:
         raise ValueError(f"unknown task_type {task_type!r}; expected one of {', '.join(TASK_TYPES)}")
     return template.format(
-        rules=PROGRAM_RULES.format(banned=banned),
+        rules=PROGRAM_RULES_DIRECT if is_direct else PROGRAM_RULES.format(banned=banned),
         references=_references(references),
-        answer_format=PROPOSE_ANSWER_FORMAT,
+        answer_format=PROPOSE_ANSWER_FORMAT_DIRECT if is_direct else PROPOSE_ANSWER_FORMAT,
     )
 
 
-def solver_prompt(task_type: str, task: dict) -> str:
+def solver_prompt(task_type: str, task: dict, answer_format: str = "free") -> str:
     """The solver's prompt for one task.
 
     Deduction: keys program, input. Abduction: keys program, output. Induction: keys inputs and
     outputs (the pairs shown to the solver) and message.
     """
     what = f"{task_type} task"
+    is_direct = direct(answer_format)
     if task_type == "deduction":
-        return SOLVE_DEDUCTION.format(program=_field(task, "program", what).strip(), input=_field(task, "input", what))
+        ending = SOLVE_DEDUCTION_FORMAT_DIRECT if is_direct else SOLVE_DEDUCTION_FORMAT
+        return SOLVE_DEDUCTION.format(program=_field(task, "program", what).strip(), input=_field(task, "input", what),
+                                      answer_format=ending)
     if task_type == "abduction":
-        return SOLVE_ABDUCTION.format(program=_field(task, "program", what).strip(), output=_field(task, "output", what))
+        ending = SOLVE_ABDUCTION_FORMAT_DIRECT if is_direct else SOLVE_ABDUCTION_FORMAT
+        return SOLVE_ABDUCTION.format(program=_field(task, "program", what).strip(), output=_field(task, "output", what),
+                                      answer_format=ending)
     if task_type == "induction":
         inputs, outputs = _field(task, "inputs", what), _field(task, "outputs", what)
         if len(inputs) != len(outputs):
             raise ValueError(f"induction task has {len(inputs)} inputs but {len(outputs)} outputs")
         pairs = "\n".join(PAIR.format(input=i, output=o) for i, o in zip(inputs, outputs))
-        return SOLVE_INDUCTION.format(message=_field(task, "message", what).strip(), pairs=pairs)
+        ending = SOLVE_INDUCTION_FORMAT_DIRECT if is_direct else SOLVE_INDUCTION_FORMAT
+        return SOLVE_INDUCTION.format(message=_field(task, "message", what).strip(), pairs=pairs, answer_format=ending)
     raise ValueError(f"unknown task_type {task_type!r}; expected one of {', '.join(TASK_TYPES)}")
 
 
@@ -219,6 +314,21 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
         return prompt
     messages = [{"role": "user", "content": prompt}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def fits_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_tokens: int) -> bool:
+    """Whether `prompt`, rendered for the model (`render_chat`), is at most `max_tokens` tokens long."""
+    text = render_chat(tokenizer, prompt)
+    return len(tokenizer(text, add_special_tokens=not tokenizer.chat_template)["input_ids"]) <= max_tokens
+
+
+def _induction_examples(reference: dict) -> str:
+    """Up to INDUCTION_EXAMPLE_PAIRS known input/output pairs of the induction proposer's program: they
+    show what types its parameters take (without them, most proposed inputs crash the program)."""
+    pairs = list(zip(reference.get("inputs") or [], reference.get("outputs") or []))[:INDUCTION_EXAMPLE_PAIRS]
+    if not pairs:
+        return ""
+    return "\n" + INDUCTION_EXAMPLES.format(pairs="\n".join(PAIR.format(input=i, output=o) for i, o in pairs))
 
 
 def _references(references: list[dict]) -> str:

@@ -46,12 +46,42 @@ def solver_reward(correct: bool, parsed: bool, forced: bool, config: RewardsConf
     return 0.0, config.wrong_format_penalty if parsed else config.malformed_penalty
 
 
-def proposer_reward(
-    valid: bool, solve_rate: float, diversity: float, complexity: float, config: RewardsConfig
-) -> float:
-    """Total proposer reward: weighted learnability + diversity + complexity, or the invalid penalty."""
-    if not valid:
+# How far an invalid proposal got, by its rejection reason (tasks.parquet `reason`): the rungs of the
+# ladder that grades invalid proposals under force acceptance. Anything not listed here is a parse
+# reason (no program or input could be read: the bottom rung) or a quality reason.
+LADDER_RUNGS = {
+    "syntax": "syntax",  # the program does not parse or defines no f
+    "error": "runtime", "timeout": "runtime", "memory": "runtime", "killed": "runtime",
+    "nondeterministic": "impure", "impure": "impure", "banned": "impure", "bad_output": "impure",
+}
+QUALITY_REASONS = ("not_single_function", "too_simple", "duplicate", "near_duplicate", "repeated_inputs",
+                   "output_too_large", "prompt_too_long")
+
+
+def rejection_reward(reason: str, forced: bool, config: RewardsConfig) -> float:
+    """Proposer reward for a rejected proposal.
+
+    Under force acceptance, the ladder (`config.ladder`): a proposal that cannot be read gets
+    `invalid_penalty`, then by how far it got: does not parse < fails on its input < runs but is not
+    a task (nondeterministic, impure, not plain data). Outside it, the paper's rule: `invalid_penalty`
+    for a format error, `wrong_task_penalty` for a readable proposal that is not a valid task.
+    """
+    rung = LADDER_RUNGS.get(reason) or ("quality" if reason in QUALITY_REASONS else "unparsed")
+    if rung == "unparsed":
         return config.invalid_penalty
+    if not forced or rung == "quality":
+        return config.wrong_task_penalty
+    return getattr(config.ladder, rung)
+
+
+def proposer_reward(
+    valid: bool, solve_rate: float, diversity: float, complexity: float, config: RewardsConfig,
+    reason: str | None = None, forced: bool = False,
+) -> float:
+    """Total proposer reward: weighted learnability + diversity + complexity for a valid task, else
+    `rejection_reward(reason, forced)`."""
+    if not valid:
+        return rejection_reward(reason or "unparsed", forced, config)
     return (
         config.learnability_weight * learnability(solve_rate, config.learnability_at_extremes)
         + config.diversity_weight * diversity
@@ -124,9 +154,16 @@ def trr_advantages(rewards: pd.DataFrame, eps: float = 1e-6) -> pd.Series:
     """Task-Relative REINFORCE++: normalise ``reward`` within each (task_type, role) group.
 
     ``A = (r - mean_g) / (std_g + eps)`` with the population std, so each group has mean 0 and
-    (for groups whose rewards differ) unit spread.
+    (for groups whose rewards differ) unit spread. A group of one sample has no statistics of its
+    own (its advantage would always be 0): it is normalised with its role's mean and std over every
+    task type instead.
     """
-    grouped = rewards.groupby(["task_type", "role"])["reward"]
-    mean = grouped.transform("mean")
-    std = grouped.transform(lambda r: float(np.std(r.to_numpy(), ddof=0)))
+    def statistics(keys: list[str]) -> tuple[pd.Series, pd.Series]:
+        grouped = rewards.groupby(keys)["reward"]
+        return grouped.transform("mean"), grouped.transform(lambda r: float(np.std(r.to_numpy(), ddof=0)))
+
+    mean, std = statistics(["task_type", "role"])
+    alone = rewards.groupby(["task_type", "role"])["reward"].transform("size") == 1
+    role_mean, role_std = statistics(["role"])
+    mean, std = mean.where(~alone, role_mean), std.where(~alone, role_std)
     return (rewards["reward"] - mean) / (std + eps)

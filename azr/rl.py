@@ -4,15 +4,18 @@ One call to `train_step` is one optimizer step over every sample of an iteration
 generations and solver rollouts alike). The advantages arrive already normalised per
 (task type, role) by the score stage; here they only weight the token log-probabilities.
 
-Per response token t of a sample with advantage A:
+Per token t the model sampled (azr's scaffold tokens are not trained on) of a sample with advantage A:
 
+    logp_t  = log_softmax(logits / T)[token]                        T: the sampling temperature (1 if greedy)
     ratio   = exp(logp_t - logp_recorded_t)
     pg      = max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps))
     loss_t  = pg - entropy_coef * entropy_t + kl_coef * kl_t      (kl_t: k3 estimate to the initial model)
 
-and the loss is the mean of loss_t over every response token of the batch. The batch goes through
-the model in micro-batches of `training.micro_batch_size` samples whose gradients accumulate, so
-memory is bounded by the micro-batch, not by the batch.
+The loss is the mean of loss_t over each role's tokens, averaged over the roles (`balance_roles`;
+otherwise one mean over every token). The policy runs without dropout, so the first ratio is 1. The
+batch goes through the model in micro-batches of `training.micro_batch_size` samples whose gradients
+accumulate (each token carries its final weight), so memory is bounded by the micro-batch, not by
+the batch.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from transformers import get_constant_schedule_with_warmup
 
 from azr.config import TrainingConfig
 
-SAMPLE_COLUMNS = ("prompt_ids", "response_ids", "logprobs", "advantage")
+SAMPLE_COLUMNS = ("role", "prompt_ids", "response_ids", "response_mask", "logprobs", "advantage")
 
 
 @dataclass(frozen=True)
@@ -40,9 +43,15 @@ class Sample:
     """One trainable generation: the prompt, what the model answered, and how good that was."""
 
     prompt_ids: list[int]
-    response_ids: list[int]
-    logprobs: list[float]  # recorded at generation, one per response token
+    response_ids: list[int]  # azr's scaffold tokens and the model's
+    logprobs: list[float]  # recorded at generation, one per response token (0 at scaffold tokens)
     advantage: float
+    response_mask: list[bool] | None = None  # True where the model sampled the token; None = every token
+    role: str = "solve"
+
+    def trained(self) -> list[bool]:
+        """Which response tokens the loss covers: the model's own."""
+        return list(self.response_mask) if self.response_mask is not None else [True] * len(self.response_ids)
 
 
 def samples_from_frame(df: pd.DataFrame, source: str = "rewards") -> list[Sample]:
@@ -53,10 +62,11 @@ def samples_from_frame(df: pd.DataFrame, source: str = "rewards") -> list[Sample
     samples = []
     for i, row in enumerate(df[list(SAMPLE_COLUMNS)].itertuples(index=False)):
         sample = Sample([int(t) for t in row.prompt_ids], [int(t) for t in row.response_ids],
-                        [float(x) for x in row.logprobs], float(row.advantage))
-        if len(sample.logprobs) != len(sample.response_ids):
-            raise ValueError(f"{source}: row {i} has {len(sample.response_ids)} response_ids "
-                             f"but {len(sample.logprobs)} logprobs")
+                        [float(x) for x in row.logprobs], float(row.advantage),
+                        [bool(m) for m in row.response_mask], str(row.role))
+        if not len(sample.logprobs) == len(sample.response_ids) == len(sample.response_mask):
+            raise ValueError(f"{source}: row {i} has {len(sample.response_ids)} response_ids, "
+                             f"{len(sample.response_mask)} response_mask entries and {len(sample.logprobs)} logprobs")
         if not sample.prompt_ids:
             raise ValueError(f"{source}: row {i} has empty prompt_ids")
         if not math.isfinite(sample.advantage):
@@ -75,11 +85,27 @@ def build_optimizer(model: torch.nn.Module, cfg: TrainingConfig):
     return optimizer, scheduler
 
 
-def collate(samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
+def token_weights(samples: Sequence[Sample], balance_roles: bool) -> list[float]:
+    """The weight of each trained token of each sample in the loss, so that the loss is a sum.
+
+    Balanced: 1 / (roles x the tokens of the sample's role), i.e. the mean over the roles of each
+    role's token mean. Otherwise 1 / (all trained tokens): one token mean.
+    """
+    counts: dict[str, int] = {}
+    for s in samples:
+        key = s.role if balance_roles else ""
+        counts[key] = counts.get(key, 0) + sum(s.trained())
+    counts = {k: v for k, v in counts.items() if v}
+    return [1.0 / (len(counts) * counts[s.role if balance_roles else ""]) if sum(s.trained()) else 0.0
+            for s in samples]
+
+
+def collate(samples: Sequence[Sample], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
     """Left-pad prompt+response so every response ends at the last position.
 
-    Response-level tensors (targets, recorded logprobs, mask) are the last R positions, R being the
-    longest response in the micro-batch; that lets the model compute logits only for those positions.
+    Response-level tensors (targets, recorded logprobs, masks, weights) are the last R positions, R
+    being the longest response in the micro-batch; that lets the model compute logits only for those
+    positions. `response_mask` marks the tokens the model sampled (the ones trained on).
     """
     seq_len = max(len(s.prompt_ids) + len(s.response_ids) for s in samples)
     resp_len = max(len(s.response_ids) for s in samples)
@@ -88,34 +114,97 @@ def collate(samples: Sequence[Sample]) -> dict[str, torch.Tensor]:
     attention_mask = torch.zeros(n, seq_len, dtype=torch.long)
     old_logprobs = torch.zeros(n, resp_len)
     response_mask = torch.zeros(n, resp_len, dtype=torch.bool)
+    token_weight = torch.zeros(n, resp_len)
+    weights = weights if weights is not None else [1.0] * n
     for i, s in enumerate(samples):
         tokens = s.prompt_ids + s.response_ids
         input_ids[i, seq_len - len(tokens):] = torch.tensor(tokens)
         attention_mask[i, seq_len - len(tokens):] = 1
         if s.response_ids:
-            old_logprobs[i, resp_len - len(s.response_ids):] = torch.tensor(s.logprobs)
-            response_mask[i, resp_len - len(s.response_ids):] = True
+            start = resp_len - len(s.response_ids)
+            old_logprobs[i, start:] = torch.tensor(s.logprobs)
+            response_mask[i, start:] = torch.tensor(s.trained())
+            token_weight[i, start:] = weights[i]
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
         "position_ids": (attention_mask.cumsum(-1) - 1).clamp(min=0),  # what generate() uses for left padding
         "old_logprobs": old_logprobs,
         "response_mask": response_mask,
+        "token_weight": token_weight,
         "advantages": torch.tensor([s.advantage for s in samples]),
     }
 
 
-def response_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probability of each response token and the entropy of the distribution it came from, (B, R)."""
+def collate_shared(samples: Sequence[Sample], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
+    """Samples that share one prompt (a task's solver rollouts): the prompt once, the responses
+    right-padded after it. Response-level tensors are the first R positions of each response."""
+    prompt = samples[0].prompt_ids
+    if any(s.prompt_ids != prompt for s in samples):
+        raise ValueError("collate_shared needs samples with one and the same prompt")
+    resp_len = max(len(s.response_ids) for s in samples)
+    n = len(samples)
+    response_ids = torch.zeros(n, resp_len, dtype=torch.long)
+    old_logprobs = torch.zeros(n, resp_len)
+    response_mask = torch.zeros(n, resp_len, dtype=torch.bool)
+    token_weight = torch.zeros(n, resp_len)
+    weights = weights if weights is not None else [1.0] * n
+    for i, s in enumerate(samples):
+        size = len(s.response_ids)
+        if size:
+            response_ids[i, :size] = torch.tensor(s.response_ids)
+            old_logprobs[i, :size] = torch.tensor(s.logprobs)
+            response_mask[i, :size] = torch.tensor(s.trained())
+            token_weight[i, :size] = weights[i]
+    return {
+        "prompt_ids": torch.tensor([prompt]),
+        "response_ids": response_ids,
+        "old_logprobs": old_logprobs,
+        "response_mask": response_mask,
+        "token_weight": token_weight,
+        "advantages": torch.tensor([s.advantage for s in samples]),
+    }
+
+
+def _shared_prompt_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(n, R, vocab) logits of each response token for a `collate_shared` batch: the prompt goes through
+    the model once, its key/value cache is repeated for the n responses, and the gradient flows back
+    through it to the one prompt pass."""
+    prompt, responses = batch["prompt_ids"], batch["response_ids"]
+    (n, resp_len), prompt_len = responses.shape, prompt.shape[1]
+    out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
+    cache = out.cache
+    cache.batch_repeat_interleave(n)
+    rest = model(
+        input_ids=responses,
+        attention_mask=torch.ones(n, prompt_len + resp_len, dtype=torch.long, device=responses.device),
+        position_ids=torch.arange(prompt_len, prompt_len + resp_len, device=responses.device).expand(n, resp_len),
+        cache=cache,
+        use_cache=True,
+    ).logits
+    # The prompt's last logit predicts the first response token; a response's right padding comes last
+    # and no real token attends to it (causal attention), so it needs no mask.
+    return torch.cat([out.logits[:, -1:].expand(n, 1, -1), rest[:, :-1]], dim=1)
+
+
+def response_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
+                      temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-probability of each response token and the entropy of the distribution it came from, (B, R),
+    under ``softmax(logits / temperature)``: the distribution generation sampled from. `batch` comes
+    from `collate` (each sample whole) or `collate_shared` (one prompt, several responses)."""
     resp_len = batch["response_mask"].shape[1]
-    logits = model(
-        input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"],
-        position_ids=batch["position_ids"],
-        logits_to_keep=resp_len + 1,
-    ).logits[:, :-1].float()  # the logit at position p predicts the token at p + 1
-    log_probs = F.log_softmax(logits, dim=-1)
-    targets = batch["input_ids"][:, -resp_len:]
+    if "prompt_ids" in batch:
+        logits = _shared_prompt_logits(model, batch).float()
+        targets = batch["response_ids"]
+    else:
+        logits = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            position_ids=batch["position_ids"],
+            logits_to_keep=resp_len + 1,
+        ).logits[:, :-1].float()  # the logit at position p predicts the token at p + 1
+        targets = batch["input_ids"][:, -resp_len:]
+    log_probs = F.log_softmax(logits / temperature, dim=-1)
     token_logprobs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
     return token_logprobs, entropy
@@ -138,54 +227,67 @@ def kl_to_reference(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch
 
 
 def reference_logprobs(model: torch.nn.Module, reference: torch.nn.Module | None,
-                       batch: dict[str, torch.Tensor]) -> torch.Tensor:
+                       batch: dict[str, torch.Tensor], temperature: float = 1.0) -> torch.Tensor:
     """Response log-probs under the initial model: `reference`, or `model` with its LoRA adapters off."""
     with torch.no_grad():
         if reference is not None:
-            return response_logprobs(reference, batch)[0]
+            return response_logprobs(reference, batch, temperature)[0]
         if not hasattr(model, "disable_adapter"):
             raise ValueError("kl_coef > 0 with full fine-tuning needs a reference model")
         with model.disable_adapter():
-            return response_logprobs(model, batch)[0]
+            return response_logprobs(model, batch, temperature)[0]
+
+
+def without_dropout(model: torch.nn.Module) -> None:
+    """Training mode (gradient checkpointing needs it) with every dropout module off: the update then
+    scores exactly the policy that sampled, so the PPO ratio starts at 1."""
+    model.train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):  # LoRA's, and any dropout layer of the model
+            module.eval()
+        if isinstance(getattr(module, "attention_dropout", None), float):  # transformers' attention: a probability
+            module.attention_dropout = 0.0
 
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
-               samples: Sequence[Sample], cfg: TrainingConfig,
-               reference: torch.nn.Module | None = None, use_recorded_logprobs: bool = True) -> dict[str, float]:
+               samples: Sequence[Sample], cfg: TrainingConfig, reference: torch.nn.Module | None = None,
+               use_recorded_logprobs: bool = True, temperature: float = 1.0) -> dict[str, float]:
     """One policy update over all `samples`; returns the metrics train.json reports.
 
     `reference` is the initial model for the KL term when `cfg.kl_coef > 0` (not needed for LoRA,
     whose initial model is the same model with adapters disabled). Without `use_recorded_logprobs`
     (generation ran in another dtype, so its log-probs are not this model's), the PPO old log-probs
     are this forward pass's own, detached: the step is one update, so that is the policy that sampled.
+    `temperature` is the one the samples were drawn (and their log-probs recorded) at.
     """
-    total_tokens = sum(len(s.response_ids) for s in samples)
+    total_tokens = sum(sum(s.trained()) for s in samples)
     if total_tokens == 0:
-        raise ValueError("no response tokens to train on (every sample has an empty response)")
+        raise ValueError("no model-written tokens to train on (every response is empty or scaffold only)")
     use_kl = cfg.kl_coef > 0
-    # Similar lengths share a micro-batch, so less compute goes to padding; the sum is the same.
-    ordered = sorted(samples, key=lambda s: len(s.prompt_ids) + len(s.response_ids), reverse=True)
+    weights = token_weights(samples, cfg.balance_roles)
     sums = {"loss": 0.0, "pg_loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_fraction": 0.0}
 
     device = next(model.parameters()).device
-    model.train()
+    without_dropout(model)
     optimizer.zero_grad(set_to_none=True)
-    for start in range(0, len(ordered), cfg.micro_batch_size):
-        batch = {k: v.to(device) for k, v in collate(ordered[start:start + cfg.micro_batch_size]).items()}
+    share = not getattr(model, "is_activation_checkpointing", False)  # the prompt's cache needs use_cache
+    for chunk, shared in micro_batches(samples, cfg.micro_batch_size, share):
+        make = collate_shared if shared else collate
+        batch = {k: v.to(device) for k, v in make([samples[i] for i in chunk], [weights[i] for i in chunk]).items()}
         mask = batch["response_mask"]
-        logprobs, entropy = response_logprobs(model, batch)
+        logprobs, entropy = response_logprobs(model, batch, temperature)
         old_logprobs = batch["old_logprobs"] if use_recorded_logprobs else logprobs.detach()
         pg, clipped = policy_loss(logprobs, old_logprobs, batch["advantages"], cfg.clip_ratio)
         token_loss = pg - cfg.entropy_coef * entropy
         if use_kl:
-            kl = kl_to_reference(logprobs, reference_logprobs(model, reference, batch))
+            kl = kl_to_reference(logprobs, reference_logprobs(model, reference, batch, temperature))
             token_loss = token_loss + cfg.kl_coef * kl
             sums["kl"] += kl[mask].sum().item()
-        # Dividing by the batch's token count (not the micro-batch's) makes the accumulated
-        # gradient that of the per-token mean over the whole batch.
-        loss = token_loss[mask].sum() / total_tokens
+        # Each token carries its final weight (see token_weights), so the micro-batches' gradients add
+        # up to the gradient of the whole batch's loss.
+        loss = (token_loss * batch["token_weight"])[mask].sum()
         loss.backward()
-        sums["loss"] += loss.item() * total_tokens
+        sums["loss"] += loss.item()
         sums["pg_loss"] += pg[mask].sum().item()
         sums["entropy"] += entropy[mask].sum().item()
         sums["clip_fraction"] += clipped[mask].sum().item()
@@ -196,12 +298,35 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
+    model.eval()
 
-    metrics = {key: value / total_tokens for key, value in sums.items()}
+    metrics = {key: value / total_tokens for key, value in sums.items() if key != "loss"}
+    metrics["loss"] = sums["loss"]  # already weighted to a mean
     if not use_kl:
         del metrics["kl"]
     metrics.update(grad_norm=float(grad_norm), tokens=total_tokens, learning_rate=learning_rate)
     return metrics
+
+
+def micro_batches(samples: Sequence[Sample], size: int, share: bool = True) -> list[tuple[list[int], bool]]:
+    """Sample indices per micro-batch, and whether the micro-batch shares one prompt.
+
+    Samples with the same prompt (a task's n solver rollouts) go through the model together with the
+    prompt computed once (`collate_shared`), `size` at a time; the rest are batched whole, similar
+    lengths together so that less compute goes to padding. The loss is a sum, so grouping changes
+    nothing but the cost.
+    """
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for i, s in enumerate(samples):
+        by_prompt.setdefault(tuple(s.prompt_ids), []).append(i)
+    batches, alone = [], []
+    for group in by_prompt.values():
+        if share and len(group) > 1:
+            batches += [(group[k:k + size], True) for k in range(0, len(group), size)]
+        else:
+            alone += group
+    alone.sort(key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids), reverse=True)
+    return batches + [(alone[k:k + size], False) for k in range(0, len(alone), size)]
 
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:

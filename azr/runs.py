@@ -16,6 +16,7 @@ import pandas as pd
 
 from azr.artifacts import ArtifactError, RunDir, manifest_path, read_json, read_manifest, read_rows, read_table
 from azr.config import ConfigError, load_config
+from azr.rewards import QUALITY_REASONS
 
 # The steps of one iteration in order, each with the file whose manifest says it is done.
 STEPS: tuple[tuple[str, str], ...] = (
@@ -26,7 +27,8 @@ STEPS: tuple[tuple[str, str], ...] = (
     ("train", "train.json"),
     ("buffer", ""),  # buffer/iter-N.parquet, outside the iteration directory
 )
-REWARD_COMPONENTS = ("reward", "learnability", "diversity", "complexity", "format", "correctness")
+REWARD_COMPONENTS = ("reward", "learnability", "diversity", "complexity", "format", "correctness", "advantage")
+NONZERO_ADVANTAGE = 1e-6
 TASK_STATUSES = ("accepted", "rejected", "forced")
 KEY_METRICS = ("tasks/valid_rate", "solve_rate/all", "reward/solve/reward", "train/loss")
 
@@ -108,16 +110,25 @@ def _proposal_metrics(frame: pd.DataFrame) -> dict[str, float]:
     return metrics
 
 
+def ground_truth_valid(tasks: pd.DataFrame) -> pd.Series:
+    """Proposals that passed the ground-truth checks: accepted, or rejected only by a quality check."""
+    return tasks["accepted"] | tasks["reason"].isin(QUALITY_REASONS)
+
+
 def _task_metrics(frame: pd.DataFrame) -> dict[str, float]:
     proposed = frame[frame["source"] == "proposed"]
     accepted = int(proposed["accepted"].sum())
+    valid = ground_truth_valid(proposed)
     metrics = {
         "tasks/accepted": accepted,
         "tasks/rejected": len(proposed) - accepted,
         "tasks/forced": int(proposed["forced"].sum()),
         "tasks/from_buffer": int((frame["source"] == "buffer").sum()),
-        "tasks/valid_rate": accepted / len(proposed) if len(proposed) else 0.0,
+        "tasks/valid_rate": float(valid.mean()) if len(proposed) else 0.0,
+        "tasks/accepted_rate": accepted / len(proposed) if len(proposed) else 0.0,
     }
+    for task_type, rate in valid.groupby(proposed["task_type"]).mean().items():
+        metrics[f"tasks/valid_rate/{_metric_key(task_type)}"] = float(rate)
     for reason, count in proposed.loc[~proposed["accepted"], "reason"].fillna("unknown").value_counts().items():
         metrics[f"tasks/rejected/{_metric_key(reason)}"] = int(count)
     return metrics
@@ -136,6 +147,8 @@ def _reward_metrics(frame: pd.DataFrame) -> dict[str, float]:
         for component in REWARD_COMPONENTS:
             if component in rows and (value := _mean(rows[component])) is not None:
                 metrics[f"reward/{role}/{component}"] = value
+        # The share of samples the update learns from: an advantage of 0 contributes no gradient.
+        metrics[f"advantage/{role}/nonzero"] = float((rows["advantage"].abs() > NONZERO_ADVANTAGE).mean())
     return metrics
 
 

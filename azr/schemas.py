@@ -13,13 +13,14 @@ STR = pa.string()
 INT = pa.int64()
 FLOAT = pa.float64()
 BOOL = pa.bool_()
+BOOLS = pa.list_(pa.bool_())
 STRS = pa.list_(pa.string())
 INTS = pa.list_(pa.int64())
 FLOATS = pa.list_(pa.float64())
 
 KEYS = [("run", STR), ("iteration", INT), ("task_id", STR), ("task_type", STR)]
 GENERATION = [("prompt", STR), ("prompt_ids", INTS), ("response", STR), ("response_ids", INTS),
-              ("logprobs", FLOATS), ("finish_reason", STR)]
+              ("response_mask", BOOLS), ("logprobs", FLOATS), ("finish_reason", STR)]
 
 PROPOSALS = pa.schema(KEYS + GENERATION + [
     ("parsed", BOOL), ("parse_reason", STR), ("program", STR), ("input", STR), ("inputs", STRS),
@@ -38,7 +39,8 @@ SOLUTIONS = pa.schema(KEYS + [("sample", INT)] + GENERATION + [
 ])
 
 REWARDS = pa.schema(KEYS + [
-    ("role", STR), ("sample", INT), ("prompt_ids", INTS), ("response_ids", INTS), ("logprobs", FLOATS),
+    ("role", STR), ("sample", INT), ("prompt_ids", INTS), ("response_ids", INTS), ("response_mask", BOOLS),
+    ("logprobs", FLOATS),
     ("valid", BOOL), ("solve_rate", FLOAT), ("learnability", FLOAT), ("diversity", FLOAT), ("complexity", FLOAT),
     ("format", FLOAT), ("correctness", FLOAT), ("reward", FLOAT), ("advantage", FLOAT),
 ])

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from collections.abc import Callable, Sequence
+
 from azr import prompts
+from azr.prompts import fits_prompt
 from azr.artifacts import RunDir
 from azr.checkpoint import latest_checkpoint, load_policy, meta_path
 from azr.config import AZRConfig
-from azr.generation import Generation, generate
+from azr.formats import AnswerFormat
+from azr.generation import Generation, HFBackend, generate
 
 
 def policy_inputs(run_dir: RunDir, iteration: int) -> list[Path]:
@@ -17,11 +21,23 @@ def policy_inputs(run_dir: RunDir, iteration: int) -> list[Path]:
     return [meta_path(checkpoint)] if checkpoint else []
 
 
-def generate_batch(config: AZRConfig, run_dir: RunDir, iteration: int, user_prompts: list[str], seed: int) -> tuple[list[str], list[Generation]]:
-    """Render each prompt with the chat template and sample from the iteration's policy."""
-    model, tokenizer = load_policy(config.model, latest_checkpoint(run_dir, before_iteration=iteration))
+def iteration_policy(config: AZRConfig, run_dir: RunDir, iteration: int):
+    """(model, tokenizer) iteration N generates with: the checkpoint of N-1, or the base model."""
+    return load_policy(config.model, latest_checkpoint(run_dir, before_iteration=iteration))
+
+
+def prompt_fits(config: AZRConfig, tokenizer) -> "Callable[[str], bool]":
+    """Whether a user prompt, rendered with the chat template, fits `sampling.max_prompt_tokens`."""
+    return lambda text: fits_prompt(tokenizer, text, config.sampling.max_prompt_tokens)
+
+
+def generate_batch(config: AZRConfig, policy, user_prompts: list[str], formats: Sequence[AnswerFormat],
+                   seed: int) -> tuple[list[str], list[Generation]]:
+    """Render each prompt with the chat template and let the policy answer it in its format."""
+    model, tokenizer = policy
     rendered = [prompts.render_chat(tokenizer, p) for p in user_prompts]
-    return rendered, generate(model, tokenizer, rendered, config.sampling, seed=seed)
+    return rendered, generate(HFBackend(model, tokenizer, config.sampling), tokenizer, rendered, formats,
+                              config.sampling, seed=seed)
 
 
 def generation_columns(rendered: str, generation: Generation) -> dict:
@@ -31,6 +47,7 @@ def generation_columns(rendered: str, generation: Generation) -> dict:
         "prompt_ids": list(generation.prompt_ids),
         "response": generation.text,
         "response_ids": list(generation.response_ids),
+        "response_mask": list(generation.response_mask),
         "logprobs": list(generation.logprobs),
         "finish_reason": generation.finish_reason,
     }

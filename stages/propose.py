@@ -13,7 +13,8 @@ from azr.config import AZRConfig
 from azr.data_construction import proposer_request
 from azr.parsing import parse_proposal
 from azr.seeding import stage_rng, stage_seed
-from stages.common import generate_batch, generation_columns, policy_inputs
+from azr.formats import format_for
+from stages.common import generate_batch, generation_columns, iteration_policy, policy_inputs, prompt_fits
 
 
 def propose(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
@@ -27,10 +28,12 @@ def propose(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     buffer = read_table(buffer_path)
     rng = stage_rng(config.seed, iteration, "propose")
     types = rng.choice(config.task_types, size=config.tasks_per_iteration, p=config.task_distribution)
-    requests = [proposer_request(str(t), buffer, config, rng) for t in types]
-    rendered, generations = generate_batch(
-        config, run_dir, iteration, [r[0] for r in requests], stage_seed(config.seed, iteration, "propose")
-    )
+    policy = iteration_policy(config, run_dir, iteration)
+    fits = prompt_fits(config, policy[1])
+    requests = [proposer_request(str(t), buffer, config, rng, fits) for t in types]
+    formats = [format_for(config, "propose", str(t), program) for t, (_, _, program) in zip(types, requests)]
+    rendered, generations = generate_batch(config, policy, [r[0] for r in requests], formats,
+                                           stage_seed(config.seed, iteration, "propose"))
     strict = not config.is_forced(iteration)
     n_inputs = config.validation.induction_num_inputs
     rows = []

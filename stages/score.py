@@ -13,7 +13,7 @@ from azr.artifacts import RunDir, read_rows, read_table, stage_complete, write_t
 from azr.config import AZRConfig
 from azr import rewards
 
-SAMPLE_COLUMNS = ["prompt_ids", "response_ids", "logprobs"]
+SAMPLE_COLUMNS = ["prompt_ids", "response_ids", "response_mask", "logprobs"]
 
 
 def _solver_rows(solutions: list[dict], forced: bool, config: AZRConfig) -> list[dict]:
@@ -30,7 +30,7 @@ def _solver_rows(solutions: list[dict], forced: bool, config: AZRConfig) -> list
 
 
 def _proposer_rows(proposals: list[dict], tasks: dict[str, dict], solve_rates: dict[str, float],
-                   buffer: pd.DataFrame, config: AZRConfig) -> list[dict]:
+                   buffer: pd.DataFrame, forced: bool, config: AZRConfig) -> list[dict]:
     programs_by_id = dict(zip(buffer["task_id"], buffer["program"]))
     output_types = Counter(rewards.value_type(o) for o in buffer["output"])
     rows = []
@@ -47,7 +47,7 @@ def _proposer_rows(proposals: list[dict], tasks: dict[str, dict], solve_rates: d
             "role": "propose", "sample": 0, **{c: p[c] for c in SAMPLE_COLUMNS},
             "valid": valid, "solve_rate": rate if valid else None, "learnability": learn, "diversity": div,
             "complexity": comp, "format": 0.0, "correctness": 0.0,
-            "reward": rewards.proposer_reward(valid, rate, div, comp, config.rewards),
+            "reward": rewards.proposer_reward(valid, rate, div, comp, config.rewards, task["reason"], forced),
         })
     return rows
 
@@ -64,7 +64,7 @@ def score(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     buffer = read_table(inputs[3])
     solve_rates = pd.DataFrame(solutions).groupby("task_id")["correct"].mean().to_dict()
     forced = config.is_forced(iteration)
-    rows = _proposer_rows(proposals, {t["task_id"]: t for t in tasks}, solve_rates, buffer, config)
+    rows = _proposer_rows(proposals, {t["task_id"]: t for t in tasks}, solve_rates, buffer, forced, config)
     rows += _solver_rows(solutions, forced, config)
     frame = pd.DataFrame(rows)
     frame["advantage"] = rewards.trr_advantages(frame, config.rewards.advantage_eps)

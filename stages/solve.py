@@ -14,7 +14,8 @@ from azr.config import AZRConfig
 from azr.data_construction import solver_view
 from azr.sandbox import open_sandbox
 from azr.seeding import stage_seed
-from stages.common import generate_batch, generation_columns, policy_inputs
+from azr.formats import solver_format
+from stages.common import generate_batch, generation_columns, iteration_policy, policy_inputs
 
 
 def solve(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
@@ -30,8 +31,10 @@ def solve(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
         raise ValueError(f"{tasks_path}: no accepted task to solve (the buffer top-up should prevent this)")
     n = config.rewards.n_samples
     rollouts = [(task, sample) for task in accepted for sample in range(n)]
-    user_prompts = [prompts.solver_prompt(task["task_type"], solver_view(task)) for task, _ in rollouts]
-    rendered, generations = generate_batch(config, run_dir, iteration, user_prompts,
+    mode = config.generation.answer_format
+    user_prompts = [prompts.solver_prompt(task["task_type"], solver_view(task), mode) for task, _ in rollouts]
+    formats = [solver_format(config, task) for task, _ in rollouts]
+    rendered, generations = generate_batch(config, iteration_policy(config, run_dir, iteration), user_prompts, formats,
                                            stage_seed(config.seed, iteration, "solve"))
     with open_sandbox(config.executor) as sandbox:
         scores = score_responses(sandbox, [t for t, _ in rollouts], [g.text for g in generations],

@@ -18,6 +18,7 @@ from azr.artifacts import RunDir, read_table, stage_complete, write_json
 from azr.checkpoint import (latest_checkpoint, load_policy, load_training_state, meta_path,
                             prune_checkpoints, save_checkpoint, set_rng_state, rng_state)
 from azr.config import AZRConfig
+from azr.generation import logprob_temperature
 from azr.model import generation_dtype, load_model
 from azr.seeding import stage_seed
 
@@ -58,7 +59,7 @@ def train(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
         start = time.perf_counter()
         same_dtype = generation_dtype(config.model) == getattr(torch, config.model.dtype)
         metrics = rl.train_step(model, optimizer, scheduler, samples, config.training, reference,
-                                use_recorded_logprobs=same_dtype)
+                                use_recorded_logprobs=same_dtype, temperature=logprob_temperature(config.sampling))
         seconds = time.perf_counter() - start
         metrics.update(train_seconds=seconds, tokens_per_second=metrics["tokens"] / seconds,
                        peak_memory_mb=rl.peak_memory_mb(), samples=len(samples))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,9 @@ import pandas as pd
 from azr import schemas
 from azr.artifacts import RunDir, read_rows, read_table, stage_complete, write_table
 from azr.config import AZRConfig
-from azr.data_construction import quality_reason, split_induction, topup_candidates
+from azr.data_construction import quality_reason, solver_view, split_induction, topup_candidates
+from azr.model import load_tokenizer
+from azr.prompts import fits_prompt, solver_prompt
 from azr.rewards import complexity
 from azr.sandbox import open_sandbox
 from azr.seeding import stage_rng
@@ -42,6 +45,21 @@ def _judge(row: dict, result, buffer_programs: list[str], config: AZRConfig, for
         task["shown"] = split_induction(len(task["inputs"]), rng)
     reason = None if forced else quality_reason(task, buffer_programs, config)
     return {**task, "accepted": reason is None, "forced": forced, "reason": reason}
+
+
+def solver_prompt_fits(config: AZRConfig) -> Callable[[dict], bool]:
+    """Whether a task's solver prompt fits `sampling.max_prompt_tokens` (with the policy's tokenizer)."""
+    tokenizer = load_tokenizer(config.model)
+    mode, limit = config.generation.answer_format, config.sampling.max_prompt_tokens
+    return lambda task: fits_prompt(tokenizer, solver_prompt(task["task_type"], solver_view(task), mode), limit)
+
+
+def _fits_solver(task: dict, fits: Callable[[dict], bool]) -> dict:
+    """An accepted task whose solver prompt is longer than sampling.max_prompt_tokens is rejected:
+    the solver could not be shown it (whatever force acceptance waives)."""
+    if task["accepted"] and not fits(task):
+        return {**task, "accepted": False, "forced": False, "reason": "prompt_too_long"}
+    return task
 
 
 def _topups(buffer: pd.DataFrame, accepted: pd.DataFrame, config: AZRConfig, iteration: int, run: str, rng: np.random.Generator) -> list[dict]:
@@ -84,6 +102,8 @@ def validate(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     by_id = {row["task_id"]: result for row, result in zip(runnable, results)}
     buffer_programs = list(buffer["program"])
     rows = [_judge(row, by_id.get(row["task_id"]), buffer_programs, config, forced, rng) for row in proposals]
+    fits = solver_prompt_fits(config)
+    rows = [_fits_solver(row, fits) for row in rows]
     accepted = pd.DataFrame([r for r in rows if r["accepted"]])
     rows += _topups(buffer, accepted, config, iteration, run_dir.name, rng)
     return write_table(pd.DataFrame(rows), out, inputs=[proposals_path, buffer_path],

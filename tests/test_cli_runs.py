@@ -109,3 +109,23 @@ def test_runs_names_a_missing_runs_dir(tmp_path):
     result = invoke("runs", "--runs-dir", tmp_path / "nope")
     assert result.exit_code == 2
     assert "nope" in result.output
+
+
+def test_report_draws_the_curves_and_prints_them(smoke_run, tmp_path):
+    _, root = smoke_run
+    from azr.report import report_frame
+
+    frame = report_frame(RunDir(root))
+    assert list(frame.index) == [0, 1, 2]  # the base model's evaluation, then each iteration
+    assert {"tasks/valid_rate", "solve_rate/all", "advantage/propose/nonzero", "advantage/solve/nonzero",
+            "reward/propose/reward", "seconds/train", "eval/heldout/deduction/pass_at_1"} <= set(frame.columns)
+    out = tmp_path / "report.png"
+    result = invoke("report", root, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    lines = [line.split() for line in result.output.splitlines()]
+    rows = [line for line in lines if line and line[0] in ("0", "1", "2")]
+    assert [row[0] for row in rows] == ["0", "1", "2"]
+    valid = float(rows[1][1])
+    assert valid == pytest.approx(frame.loc[1, "tasks/valid_rate"], abs=0.005)
+    assert invoke("report", root.parent / "nope").exit_code != 0

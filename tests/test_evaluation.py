@@ -198,3 +198,47 @@ def test_azr_eval_errors_name_what_is_wrong(tmp_path):
                         "--model", "tiny-random")
     assert not_a_run.returncode == 2
     assert "--iteration needs --model to be a run directory" in " ".join(not_a_run.stderr.split())
+
+
+def eval_rows(correct: list[list[bool]], task_type: str = "deduction") -> pd.DataFrame:
+    """Evaluation rows: problem i answered len(correct[i]) times."""
+    return pd.DataFrame([{"set": "s", "task_type": task_type, "task_id": f"p{i}", "sample": k, "correct": c}
+                         for i, answers in enumerate(correct) for k, c in enumerate(answers)])
+
+
+def test_paired_comparison_greedy_is_an_exact_mcnemar_test():
+    from scipy.stats import binomtest
+
+    from azr.evaluation import paired_comparison
+
+    # 10 problems: both right on 2, only B right on 6, only A right on 1, both wrong on 1.
+    a = eval_rows([[True], [True], *[[False]] * 6, [True], [False]])
+    b = eval_rows([[True], [True], *[[True]] * 6, [False], [False]])
+    [row] = paired_comparison(a, b)
+    assert (row["problems"], row["only_a"], row["only_b"]) == (10, 1, 6)
+    assert row["pass_at_1_a"] == 0.3 and row["pass_at_1_b"] == 0.8 and row["difference"] == pytest.approx(0.5)
+    assert row["p_value"] == pytest.approx(binomtest(1, 7, 0.5).pvalue) and row["test"] == "McNemar"
+    assert paired_comparison(a, a)[0]["p_value"] == 1.0
+
+
+def test_paired_comparison_with_samples_bootstraps_and_needs_shared_problems():
+    from azr.evaluation import paired_comparison
+
+    a = eval_rows([[False, False, True, False]] * 30)
+    b = eval_rows([[True, True, True, False]] * 30)
+    [row] = paired_comparison(a, b)
+    assert row["difference"] == pytest.approx(0.5) and row["p_value"] < 0.001 and row["test"] == "bootstrap"
+    with pytest.raises(BenchmarkError, match="share no problem"):
+        paired_comparison(a, eval_rows([[True]], task_type="abduction"))
+
+
+def test_azr_compare_two_evaluation_files_prints_the_p_value(tmp_path):
+    from azr.artifacts import write_table
+
+    a = eval_rows([[True], [False], [False], [False]]).assign(run="", iteration=0)
+    b = eval_rows([[True], [True], [True], [False]]).assign(run="", iteration=0)
+    write_table(a, tmp_path / "a.parquet")
+    write_table(b, tmp_path / "b.parquet")
+    result = run_azr("compare", tmp_path / "a.parquet", tmp_path / "b.parquet")
+    assert result.returncode == 0, result.stderr
+    assert "McNemar" in result.stdout and "+0.500" in result.stdout and "0.5" in result.stdout

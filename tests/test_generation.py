@@ -1,4 +1,7 @@
-"""Batched generation on the offline tiny-random model: determinism, recorded log-probs, stopping."""
+"""Batched generation on the offline tiny-random model: determinism, recorded log-probs, stopping.
+
+Most tests use the `free` answer format (one field: the model writes everything); the formats
+with azr's scaffold and grammars are tested at the end and in tests/test_formats.py."""
 
 from __future__ import annotations
 
@@ -7,7 +10,8 @@ import torch
 
 from azr import prompts
 from azr.config import ModelConfig, SamplingConfig
-from azr.generation import generate
+from azr.formats import answer_format
+from azr.generation import HFBackend, generate as generate_answers
 from azr.model import load_model
 
 USER_PROMPTS = [
@@ -55,11 +59,18 @@ def sampling(**overrides) -> SamplingConfig:
     return SamplingConfig(**{**settings, **overrides})
 
 
-def fresh_logprobs(model, prompt_ids: list[int], response_ids: list[int]) -> torch.Tensor:
-    """Raw log-softmax of each response token from one unpadded forward pass."""
+def generate(model, tokenizer, rendered, sampling: SamplingConfig, seed: int):
+    """Free-format answers (the model writes everything), as azr generated before answer formats."""
+    formats = [answer_format("free", "solve", "deduction", stop_strings=tuple(sampling.stop_strings),
+                             max_new_tokens=sampling.max_new_tokens)] * len(rendered)
+    return generate_answers(HFBackend(model, tokenizer, sampling), tokenizer, rendered, formats, sampling, seed)
+
+
+def fresh_logprobs(model, prompt_ids: list[int], response_ids: list[int], temperature: float = 1.0) -> torch.Tensor:
+    """log_softmax(logits / temperature) of each response token from one unpadded forward pass."""
     ids = torch.tensor([prompt_ids + response_ids])
     with torch.no_grad():
-        logprobs = model(ids).logits[0].float().log_softmax(-1)
+        logprobs = (model(ids).logits[0].float() / temperature).log_softmax(-1)
     targets = torch.tensor(response_ids)
     return logprobs[len(prompt_ids) - 1 : -1].gather(-1, targets[:, None]).squeeze(-1)
 
@@ -75,11 +86,13 @@ def test_same_seed_same_generations(tiny, rendered) -> None:
 
 @pytest.mark.parametrize("settings", [{}, {"temperature": 1.0, "top_p": 1.0}, {"temperature": 0.0}, {"temperature": 1.7, "top_p": 0.5}])
 def test_logprobs_match_a_fresh_forward_pass(tiny, rendered, settings) -> None:
-    """Recorded log-probs are the raw model's (no temperature/top-p), whatever the sampler did."""
+    """Recorded log-probs are log_softmax(logits / T) at the sampling temperature (T = 1 when greedy),
+    before top-p: the distribution the training forward pass recomputes."""
     model, tokenizer = tiny
+    temperature = settings.get("temperature", 0.8) or 1.0
     for gen in generate(model, tokenizer, rendered, sampling(**settings), seed=3):
         assert len(gen.logprobs) == len(gen.response_ids) > 0
-        expected = fresh_logprobs(model, gen.prompt_ids, gen.response_ids)
+        expected = fresh_logprobs(model, gen.prompt_ids, gen.response_ids, temperature)
         torch.testing.assert_close(torch.tensor(gen.logprobs), expected, atol=1e-4, rtol=0)
 
 
@@ -113,10 +126,12 @@ def test_chunks_keep_order_and_prompts_are_unpadded(tiny, rendered) -> None:
         assert gen.text == tokenizer.decode(gen.response_ids, skip_special_tokens=True)
 
 
-def test_long_prompts_lose_their_start(tiny, rendered) -> None:
+def test_long_prompts_are_refused_never_cut(tiny, rendered) -> None:
+    """A prompt cut from the left loses its instructions; generation refuses it instead (the stages
+    keep prompts short: proposers drop references, too-long tasks are rejected)."""
     model, tokenizer = tiny
-    gen = generate(model, tokenizer, rendered[2:3], sampling(max_prompt_tokens=8, max_new_tokens=2), seed=1)[0]
-    assert gen.prompt_ids == tokenizer(rendered[2], add_special_tokens=False)["input_ids"][-8:]
+    with pytest.raises(ValueError, match="longer than sampling.max_prompt_tokens=8"):
+        generate(model, tokenizer, rendered[2:3], sampling(max_prompt_tokens=8, max_new_tokens=2), seed=1)
 
 
 def test_stops_right_after_a_stop_string(tiny, rendered) -> None:
@@ -157,5 +172,5 @@ def test_rows_that_finish_early_do_not_disturb_the_others(tiny, rendered) -> Non
 def test_right_padding_tokenizer_is_refused(cache_dir: str, monkeypatch_module) -> None:
     model, tokenizer = load_model(ModelConfig(name_or_path="tiny-random", cache_dir=cache_dir))
     tokenizer.padding_side = "right"
-    with pytest.raises(ValueError, match="pads and truncates on the left"):
+    with pytest.raises(ValueError, match="pads on the left"):
         generate(model, tokenizer, ["x"], sampling(), seed=0)

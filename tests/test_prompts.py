@@ -118,3 +118,11 @@ def test_render_chat_without_a_template_is_the_bare_prompt() -> None:
     tokenizer.chat_template = None
     assert prompts.render_chat(tokenizer, "hello") == "hello"
     assert prompts.render_chat(tiny_random_tokenizer(), "hello") == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_the_induction_proposer_sees_two_known_pairs_of_its_program():
+    reference = {**INDUCTION_REFERENCE, "inputs": ["12", "999", "7"], "outputs": ["3", "27", "7"]}
+    text = prompts.proposer_prompt("induction", [reference], DEFAULT_BANNED_MODULES, 6, "grammar")
+    assert "```input\n12\n```\n```output\n3\n```" in text and "```input\n999\n```\n```output\n27\n```" in text
+    assert "```input\n7\n```" not in text  # two at most
+    assert text.index(reference["program"]) < text.index("```input\n12")

@@ -38,7 +38,7 @@ def test_proposer_reward_weights_and_invalid_penalty():
     # 1 - 3/8 = 0.625; + 0.5 * 0.4 + 0.25 * 0.8 = 0.625 + 0.2 + 0.2
     assert rewards.proposer_reward(True, 3 / 8, 0.4, 0.8, cfg) == pytest.approx(1.025)
     assert rewards.proposer_reward(True, 1.0, 0.0, 0.0, cfg) == 0.0
-    assert rewards.proposer_reward(False, 0.5, 1.0, 1.0, cfg) == -1.0
+    assert rewards.proposer_reward(False, 0.5, 1.0, 1.0, cfg) == -1.0  # no reason: a format error
 
 
 def test_complexity_grows_with_branching_and_is_bounded():
@@ -94,3 +94,28 @@ def test_trr_advantages_hand_computed_and_constant_group_is_zero():
     # mean 0.5, population std 0.5: (1-0.5)/0.5 = 1, (0-0.5)/0.5 = -1
     assert list(adv[:4].round(6)) == [1.0, -1.0, -1.0, 1.0]
     assert list(adv[4:]) == [0.0, 0.0]
+
+
+def test_a_group_of_one_is_normalised_with_its_roles_statistics():
+    frame = pd.DataFrame({
+        "task_type": ["deduction", "deduction", "abduction", "induction"],
+        "role": ["propose"] * 4,
+        "reward": [1.0, -1.0, 0.5, -0.5],
+    })
+    adv = rewards.trr_advantages(frame, eps=1e-12)
+    assert list(adv[:2].round(6)) == [1.0, -1.0]  # a group of two: its own statistics
+    # Alone in their groups: the propose role's mean 0 and population std sqrt(0.625).
+    assert adv[2] == pytest.approx(0.5 / 0.625 ** 0.5) and adv[3] == pytest.approx(-0.5 / 0.625 ** 0.5)
+
+
+@pytest.mark.parametrize("reason, forced, expected", [
+    ("no_code_block", True, -1.0), ("no_input", False, -1.0),  # cannot be read: a format error either way
+    ("syntax", True, -0.75), ("error", True, -0.5), ("timeout", True, -0.5),  # how far it got, forced
+    ("nondeterministic", True, -0.25), ("bad_output", True, -0.25),
+    ("syntax", False, -0.5), ("error", False, -0.5), ("nondeterministic", False, -0.5),  # the paper's rule after
+    ("too_simple", False, -0.5),
+])
+def test_invalid_proposals_climb_a_ladder_under_force_acceptance(reason, forced, expected):
+    cfg = RewardsConfig()
+    assert rewards.rejection_reward(reason, forced, cfg) == expected
+    assert rewards.proposer_reward(False, 0.0, 0.0, 0.0, cfg, reason, forced) == expected

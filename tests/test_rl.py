@@ -47,10 +47,10 @@ def current_logprobs(model, samples) -> list[list[float]]:
     return out
 
 
-def step(model, samples, **overrides) -> dict[str, float]:
+def step(model, samples, temperature: float = 1.0, **overrides) -> dict[str, float]:
     cfg = TrainingConfig(**{"learning_rate": 1e-3, **overrides})
     optimizer, scheduler = rl.build_optimizer(model, cfg)
-    return rl.train_step(model, optimizer, scheduler, samples, cfg)
+    return rl.train_step(model, optimizer, scheduler, samples, cfg, temperature=temperature)
 
 
 @pytest.mark.parametrize("advantage", [1.0, -1.0])
@@ -147,11 +147,12 @@ def test_kl_against_the_initial_model():
 
 
 def test_samples_from_frame_names_what_is_wrong():
-    good = {"prompt_ids": [[1, 2]], "response_ids": [[3, 4]], "logprobs": [[-0.1, -0.2]], "advantage": [0.5]}
-    assert rl.samples_from_frame(pd.DataFrame(good)) == [rl.Sample([1, 2], [3, 4], [-0.1, -0.2], 0.5)]
+    good = {"role": ["propose"], "prompt_ids": [[1, 2]], "response_ids": [[3, 4]], "response_mask": [[False, True]],
+            "logprobs": [[0.0, -0.2]], "advantage": [0.5]}
+    assert rl.samples_from_frame(pd.DataFrame(good)) == [rl.Sample([1, 2], [3, 4], [0.0, -0.2], 0.5, [False, True], "propose")]
     with pytest.raises(ValueError, match="missing column.*advantage"):
         rl.samples_from_frame(pd.DataFrame({k: v for k, v in good.items() if k != "advantage"}))
-    with pytest.raises(ValueError, match="row 0 has 2 response_ids but 1 logprobs"):
+    with pytest.raises(ValueError, match="row 0 has 2 response_ids, 2 response_mask entries and 1 logprobs"):
         rl.samples_from_frame(pd.DataFrame({**good, "logprobs": [[-0.1]]}))
     with pytest.raises(ValueError, match="row 0 has a non-finite advantage"):
         rl.samples_from_frame(pd.DataFrame({**good, "advantage": [float("nan")]}))
@@ -159,8 +160,10 @@ def test_samples_from_frame_names_what_is_wrong():
 
 def test_a_batch_without_response_tokens_is_refused():
     model, tokenizer = tiny_model()
-    with pytest.raises(ValueError, match="no response tokens"):
+    with pytest.raises(ValueError, match="no model-written tokens"):
         step(model, [rl.Sample([1, 2, 3], [], [], 1.0)])
+    with pytest.raises(ValueError, match="no model-written tokens"):  # azr's scaffold only
+        step(model, [rl.Sample([1, 2, 3], [4, 5], [0.0, 0.0], 1.0, [False, False])])
 
 
 def test_warmup_ramps_the_learning_rate_from_zero():
@@ -193,3 +196,102 @@ def test_without_recorded_logprobs_the_step_uses_its_own():
     assert metrics["clip_fraction"] == 0.0  # with the recorded ones every token would be clipped (test above)
     assert metrics["pg_loss"] == pytest.approx(-1.0, abs=1e-4)
     assert metrics["grad_norm"] > 0.0
+
+
+# ---------------------------------------------------------------- the learning issue's fixes
+
+
+def tempered_samples(model, tokenizer, advantages, temperature):
+    """Samples whose recorded log-probs are log_softmax(logits / temperature), as generation records them."""
+    drafts = make_samples(model, tokenizer, advantages)
+    model.eval()
+    with torch.no_grad():
+        recorded = [rl.response_logprobs(model, rl.collate([s]), temperature)[0][0].tolist() for s in drafts]
+    return [rl.Sample(s.prompt_ids, s.response_ids, r, s.advantage) for s, r in zip(drafts, recorded)]
+
+
+def test_the_update_scores_the_temperature_the_samples_were_drawn_at():
+    model, tokenizer = tiny_model()
+    samples = tempered_samples(model, tokenizer, [1.0, -1.0, 0.5], temperature=0.6)
+    same = step(copy.deepcopy(model), samples, clip_ratio=1e-4, temperature=0.6)
+    other = step(copy.deepcopy(model), samples, clip_ratio=1e-4, temperature=1.0)
+    assert same["clip_fraction"] == 0.0  # the ratio is exactly 1 on the first step
+    assert other["clip_fraction"] > 0.5
+
+
+def with_dropout(model, kind):
+    if kind == "attention":
+        for layer in model.model.layers:
+            layer.self_attn.attention_dropout = 0.5
+        return model
+    from peft import LoraConfig, get_peft_model
+
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.5, target_modules=["q_proj", "v_proj"],
+                                            task_type="CAUSAL_LM"))
+
+
+@pytest.mark.parametrize("kind", ["attention", "lora"])
+def test_the_update_runs_without_dropout_so_the_first_ratio_is_one(kind):
+    model, tokenizer = tiny_model()
+    model = with_dropout(model, kind)
+    samples = make_samples(model, tokenizer, [1.0, -1.0, 0.5, -0.5])
+    metrics = step(model, samples, clip_ratio=1e-4)
+    assert metrics["clip_fraction"] == 0.0
+
+
+def test_scaffold_tokens_are_not_trained_on():
+    model, tokenizer = tiny_model()
+    [sample] = make_samples(model, tokenizer, [1.0])
+    mask = [i % 2 == 0 for i in range(len(sample.response_ids))]
+    # azr's scaffold tokens carry log-prob 0: were they trained on, their ratio would be far from 1.
+    scaffolded = rl.Sample(sample.prompt_ids, sample.response_ids,
+                           [lp if m else 0.0 for lp, m in zip(sample.logprobs, mask)], 1.0, mask, "propose")
+    metrics = step(model, [scaffolded], clip_ratio=1e-4)
+    assert metrics["tokens"] == sum(mask) and metrics["clip_fraction"] == 0.0
+
+
+def test_roles_weigh_equally_in_the_loss():
+    model, tokenizer = tiny_model()
+    drafts = make_samples(model, tokenizer, [1.0, -0.5, 0.25, 0.75])
+    samples = [rl.Sample(s.prompt_ids, s.response_ids, s.logprobs, s.advantage, None, role)
+               for s, role in zip(drafts, ["propose", "solve", "solve", "solve"])]
+    tokens = [len(s.response_ids) for s in samples]
+    # On the first step every ratio is 1, so each token's loss is -A (no entropy bonus here).
+    proposer = -samples[0].advantage
+    solver = -sum(s.advantage * n for s, n in zip(samples[1:], tokens[1:])) / sum(tokens[1:])
+    token_mean = -sum(s.advantage * n for s, n in zip(samples, tokens)) / sum(tokens)
+    balanced = step(copy.deepcopy(model), samples, entropy_coef=0.0)["loss"]
+    plain = step(copy.deepcopy(model), samples, entropy_coef=0.0, balance_roles=False)["loss"]
+    assert balanced == pytest.approx((proposer + solver) / 2, abs=1e-5)
+    assert plain == pytest.approx(token_mean, abs=1e-5)
+    assert abs(balanced - plain) > 0.05
+
+
+def test_rollouts_that_share_a_prompt_give_the_same_update_with_the_prompt_computed_once():
+    model, tokenizer = tiny_model()
+    prompt = tokenizer(PROMPTS[0], add_special_tokens=False).input_ids
+    drafts = [rl.Sample(prompt, tokenizer(r, add_special_tokens=False).input_ids, [], a, None, "solve")
+              for r, a in zip(RESPONSES, [1.0, -1.0, 0.5, -0.25])]
+    samples = [rl.Sample(d.prompt_ids, d.response_ids, lp, d.advantage, None, "solve")
+               for d, lp in zip(drafts, current_logprobs(model, [rl.Sample(d.prompt_ids, d.response_ids,
+                                                                            [0.0] * len(d.response_ids), 1.0) for d in drafts]))]
+    assert rl.micro_batches(samples, 4) == [([0, 1, 2, 3], True)]
+    with torch.no_grad():  # the shared pass gives each response token the log-prob a whole pass gives
+        shared = rl.response_logprobs(model, rl.collate_shared(samples))[0]
+        for i, s in enumerate(samples):
+            whole = rl.response_logprobs(model, rl.collate([s]))[0][0]
+            torch.testing.assert_close(shared[i, :len(s.response_ids)], whole, atol=1e-5, rtol=0)
+    def gradients(model, checkpointing):
+        cfg = TrainingConfig(learning_rate=1e-3, micro_batch_size=4)
+        optimizer, scheduler = rl.build_optimizer(model, cfg)
+        if checkpointing:
+            rl.enable_gradient_checkpointing(model)  # the path without prompt sharing
+        seen = {}
+        optimizer.step = lambda: seen.update({n: p.grad.clone() for n, p in model.named_parameters()})
+        return rl.train_step(model, optimizer, scheduler, samples, cfg), seen
+
+    metrics_shared, shared_grads = gradients(copy.deepcopy(model), False)
+    metrics_whole, whole_grads = gradients(copy.deepcopy(model), True)
+    assert metrics_shared["loss"] == pytest.approx(metrics_whole["loss"], abs=1e-6)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(shared_grads[name], grad, atol=1e-6, rtol=1e-4)

@@ -17,15 +17,15 @@ from stages.validate import validate
 ROOT = Path(__file__).resolve().parents[1]
 
 PROPOSAL_COLUMNS = {"run", "iteration", "task_id", "task_type", "prompt", "prompt_ids", "response", "response_ids",
-                    "logprobs", "finish_reason", "parsed", "parse_reason", "program", "input", "inputs", "message",
+                    "response_mask", "logprobs", "finish_reason", "parsed", "parse_reason", "program", "input", "inputs", "message",
                     "reference_ids", "generate_seconds"}
 TASK_COLUMNS = {"run", "iteration", "task_id", "task_type", "source", "accepted", "forced", "reason", "program",
                 "input", "output", "inputs", "outputs", "message", "shown", "complexity", "validate_seconds"}
 SOLUTION_COLUMNS = {"run", "iteration", "task_id", "task_type", "sample", "prompt", "prompt_ids", "response",
-                    "response_ids", "logprobs", "finish_reason", "parsed", "parse_reason", "answer", "correct",
+                    "response_ids", "response_mask", "logprobs", "finish_reason", "parsed", "parse_reason", "answer", "correct",
                     "check_status", "solve_seconds"}
 REWARD_COLUMNS = {"run", "iteration", "task_id", "task_type", "role", "sample", "prompt_ids", "response_ids",
-                  "logprobs", "valid", "solve_rate", "learnability", "diversity", "complexity", "format",
+                  "response_mask", "logprobs", "valid", "solve_rate", "learnability", "diversity", "complexity", "format",
                   "correctness", "reward", "advantage"}
 
 
@@ -153,3 +153,30 @@ def test_missing_or_corrupt_stage_input_is_named(tmp_path):
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(ArtifactError, match="proposals.parquet: contents do not match its manifest"):
         validate(config, run, 1)
+
+
+def test_proposer_prompts_drop_references_never_their_instructions(iteration_one):
+    config, run, _ = iteration_one
+    from azr.data_construction import proposer_request
+    from azr.seeding import stage_rng
+
+    buffer = read_table(run.buffer_path(0))
+    config = config.model_copy(update={"buffer": config.buffer.model_copy(update={"references": 3})})
+    prompt, refs, _ = proposer_request("deduction", buffer, config, stage_rng(0, 1, "t"),
+                                       fits=lambda text: text.count("Reference task") <= 1)
+    assert len(refs) == 1 and prompt.count("Reference task") == 1
+    assert prompt.startswith("Design a new Python reasoning task") and "<answer>" in prompt
+    with pytest.raises(ValueError, match="without references is longer than sampling.max_prompt_tokens"):
+        proposer_request("deduction", buffer, config, stage_rng(0, 1, "t"), fits=lambda text: False)
+
+
+def test_a_task_whose_solver_prompt_is_too_long_is_rejected_even_when_forced(iteration_one):
+    config, run, paths = iteration_one
+    from stages.validate import _fits_solver, solver_prompt_fits
+
+    tasks = read_table(paths["validate"])
+    task = tasks[tasks["accepted"] & (tasks["task_type"] != "induction")].iloc[0].to_dict()
+    tight = config.model_copy(update={"sampling": config.sampling.model_copy(update={"max_prompt_tokens": 10})})
+    judged = _fits_solver(task, solver_prompt_fits(tight))
+    assert not judged["accepted"] and judged["reason"] == "prompt_too_long"
+    assert _fits_solver(task, solver_prompt_fits(config)) == task
