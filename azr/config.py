@@ -29,7 +29,14 @@ DEFAULT_BANNED_MODULES = [
 
 
 class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names every offending key."""
+    """A configuration that cannot be used; the message names every offending key.
+
+    ``problems`` holds one ``key: what is wrong`` line per offending key.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
 
 
 class Section(BaseModel):
@@ -314,11 +321,12 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` applied key by key: sections are merged, values and lists replaced."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -327,11 +335,12 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def build_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> AZRConfig:
     """Validate a mapping (plus overrides) into an AZRConfig, or raise ConfigError naming each bad key."""
     # Overrides land on the defaults-filled mapping so `--set a.b=1` can tell a section from a value.
-    data = apply_overrides(_deep_merge(AZRConfig().model_dump(mode="json"), data), list(overrides))
+    data = apply_overrides(deep_merge(AZRConfig().model_dump(mode="json"), data), list(overrides))
     try:
         return AZRConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source} is invalid:\n{_format_errors(err)}") from None
+        problems = _format_errors(err).splitlines()
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(problems), problems) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> AZRConfig:

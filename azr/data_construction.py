@@ -79,6 +79,10 @@ def single_top_level_function(program: str) -> bool:
     return len(functions) == 1
 
 
+# Every reason quality_reason gives, in the order it checks them.
+QUALITY_REASONS = ("not_single_function", "too_simple", "repeated_inputs", "duplicate", "near_duplicate", "output_too_large")
+
+
 def quality_reason(task: dict, buffer_programs: list[str], config: AZRConfig) -> str | None:
     """Why a valid task fails the quality checks (None when it passes). Waived under force acceptance.
 
