@@ -11,10 +11,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 TaskType = Literal["abduction", "deduction", "induction"]
 TASK_TYPES: tuple[str, ...] = ("abduction", "deduction", "induction")
@@ -25,6 +25,20 @@ DEFAULT_BANNED_MODULES = [
     "ctypes", "builtins", "gc", "inspect", "pickle", "marshal", "tempfile", "urllib",
     "http", "requests", "uuid", "secrets", "resource", "pty", "fcntl", "mmap", "sched",
     "concurrent", "code", "codeop", "pdb", "faulthandler", "sysconfig", "site",
+]
+
+
+def _split_names(value: Any) -> Any:
+    """Names given as one text ("os, sys subprocess") as a list; anything else as it is."""
+    return value.replace(",", " ").split() if isinstance(value, str) else value
+
+
+# A list of names that may also be written as one comma-separated text: how the Prefect UI form
+# shows a long list (one line instead of a row per entry). Its value is always a list.
+NameList = Annotated[
+    list[str],
+    BeforeValidator(_split_names),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
 ]
 
 
@@ -39,20 +53,47 @@ class ConfigError(ValueError):
         self.problems = problems or [message]
 
 
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+def _bounds(schema: dict[str, Any]) -> str:
+    """A field's numeric bounds as text: ``Must be > 0.``, ``Range: 0 < value <= 1.`` ('' when unbounded)."""
+    for option in (schema, *schema.get("anyOf", ())):  # an optional number keeps its bounds in anyOf
+        low = [(op, option[k]) for k, op in (("minimum", ">="), ("exclusiveMinimum", ">")) if k in option]
+        high = [(op, option[k]) for k, op in (("maximum", "<="), ("exclusiveMaximum", "<")) if k in option]
+        if low and high:
+            (low_op, low_value), (high_op, high_value) = low[0], high[0]
+            return f"Range: {low_value:g} {low_op.replace('>', '<')} value {high_op} {high_value:g}."
+        if low or high:
+            op, value = (low or high)[0]
+            return f"Must be {op} {value:g}."
+    return ""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+def _describe_bounds(schema: dict[str, Any]) -> None:
+    """Put each field's bounds into its JSON-schema description: the Prefect UI form shows
+    descriptions but not bounds (the server still enforces them)."""
+    for field in schema.get("properties", {}).values():
+        if (bounds := _bounds(field)) and field.get("description"):
+            field["description"] = f"{field['description']} {bounds}"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated.
+
+    Descriptions are plain text (no Markdown: the Prefect UI renders them as Markdown in one
+    version and as text in another) and say what the key means; titles are for the UI form.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=_describe_bounds)
 
 
 class LoraConfig(Section):
-    enabled: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
-    r: int = Field(16, gt=0, description="LoRA rank.")
-    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (lora_alpha).")
-    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
+    enabled: bool = Field(False, title="Train LoRA adapters", description="Train LoRA adapters (peft) instead of all weights.")
+    r: int = Field(16, title="LoRA rank", gt=0, description="LoRA rank.")
+    alpha: int = Field(32, title="LoRA alpha", gt=0, description="LoRA scaling numerator (lora_alpha).")
+    dropout: float = Field(0.05, title="LoRA dropout", ge=0.0, lt=1.0, description="Dropout on the LoRA branch.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         description="Module names that get adapters.",
+        title="Target modules",
     )
 
 
@@ -60,12 +101,15 @@ class ModelConfig(Section):
     name_or_path: str = Field(
         "smollm2-135m-instruct",
         description="Built-in name (smollm2-135m-instruct, tiny-random), a hub id, a local HF directory or a .gguf file.",
+        title="Model name or path",
     )
     cache_dir: str = Field(
-        "~/.cache/azr/models", description="Where converted built-in models are cached (AZR_CACHE_DIR overrides)."
+        "~/.cache/azr/models", description="Where converted built-in models are cached (AZR_CACHE_DIR overrides).",
+        title="Model cache directory",
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype for training, and for generation unless generation_dtype says otherwise."
+        "float32", description="Weights dtype for training, and for generation unless generation_dtype says otherwise.",
+        title="Weights dtype",
     )
     generation_dtype: Literal["same", "auto", "float32", "bfloat16", "float16"] = Field(
         "same",
@@ -74,122 +118,134 @@ class ModelConfig(Section):
             "runs it natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), else dtype. When it differs "
             "from dtype, the train step takes its own log-probs as the PPO old ones instead of the recorded ones."
         ),
+        title="Generation dtype",
     )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the training step.")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA fine-tuning settings.")
+    gradient_checkpointing: bool = Field(False, title="Gradient checkpointing", description="Trade compute for memory in the training step.")
+    lora: LoraConfig = Field(default_factory=LoraConfig, title="LoRA", description="LoRA fine-tuning settings.")
 
 
 class SamplingConfig(Section):
-    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 means greedy.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_new_tokens: int = Field(512, gt=0, description="Longest generation, in tokens.")
-    batch_size: int = Field(16, gt=0, description="Prompts per generate() call; bounds generation memory.")
-    max_prompt_tokens: int = Field(2048, gt=0, description="Prompts longer than this are truncated on the left.")
+    temperature: float = Field(1.0, title="Temperature", ge=0.0, description="Sampling temperature; 0 means greedy.")
+    top_p: float = Field(1.0, title="Top-p", gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(512, title="Max new tokens", gt=0, description="Longest generation, in tokens.")
+    batch_size: int = Field(16, title="Generation batch size", gt=0, description="Prompts per generate() call; bounds generation memory.")
+    max_prompt_tokens: int = Field(2048, title="Max prompt tokens", gt=0, description="Prompts longer than this are truncated on the left.")
     stop_strings: list[str] = Field(
         default_factory=lambda: ["</answer>"],
         description="A generation ends once its text contains one of these (kept in the text), or at EOS.",
+        title="Stop strings",
     )
 
 
 class RewardsConfig(Section):
-    n_samples: int = Field(8, gt=0, description="Solver rollouts per task; also the Monte Carlo samples for learnability.")
-    learnability_weight: float = Field(1.0, ge=0.0, description="Weight of the learnability reward in the proposer total.")
-    diversity_weight: float = Field(0.0, ge=0.0, description="Weight of the diversity reward in the proposer total.")
-    complexity_weight: float = Field(0.0, ge=0.0, description="Weight of the complexity reward in the proposer total.")
+    n_samples: int = Field(8, title="Solver rollouts per task", gt=0, description="Solver rollouts per task; also the Monte Carlo samples for learnability.")
+    learnability_weight: float = Field(1.0, title="Learnability weight", ge=0.0, description="Weight of the learnability reward in the proposer total.")
+    diversity_weight: float = Field(0.0, title="Diversity weight", ge=0.0, description="Weight of the diversity reward in the proposer total.")
+    complexity_weight: float = Field(0.0, title="Complexity weight", ge=0.0, description="Weight of the complexity reward in the proposer total.")
     learnability_at_extremes: float = Field(
-        0.0, description="Learnability when the solve rate is 0 or 1 (paper: 0; reference code: -0.5)."
+        0.0, description="Learnability when the solve rate is 0 or 1 (paper: 0; reference code: -0.5).",
+        title="Learnability at solve rate 0 or 1",
     )
-    invalid_penalty: float = Field(-1.0, le=0.0, description="Proposer reward for a rejected proposal.")
-    wrong_format_penalty: float = Field(-0.5, le=0.0, description="Solver reward: wrong but well formed (outside force acceptance).")
-    malformed_penalty: float = Field(-1.0, le=0.0, description="Solver reward: malformed answer (outside force acceptance).")
-    advantage_eps: float = Field(1e-6, gt=0.0, description="Epsilon in the TRR++ normalisation (r - mean) / (std + eps).")
+    invalid_penalty: float = Field(-1.0, title="Invalid proposal penalty", le=0.0, description="Proposer reward for a rejected proposal.")
+    wrong_format_penalty: float = Field(-0.5, title="Wrong answer penalty", le=0.0, description="Solver reward: wrong but well formed (outside force acceptance).")
+    malformed_penalty: float = Field(-1.0, title="Malformed answer penalty", le=0.0, description="Solver reward: malformed answer (outside force acceptance).")
+    advantage_eps: float = Field(1e-6, title="Advantage epsilon", gt=0.0, description="Epsilon in the TRR++ normalisation (r - mean) / (std + eps).")
 
 
 class ExecutorConfig(Section):
     backend: Literal["auto", "docker", "process"] = Field(
-        "auto", description="Sandbox backend: docker when the daemon answers and the image exists, else process."
+        "auto", description="Sandbox backend: docker when the daemon answers and the image exists, else process.",
+        title="Sandbox backend",
     )
     image: str = Field(
         "azr-executor",
         description="Docker image of the sandbox (azr sandbox build). Without a tag, the tag is the runner's digest, "
         "so checkouts with different runners on one daemon each keep their own image.",
+        title="Sandbox image",
     )
-    pool_size: int | None = Field(None, gt=0, description="Warm workers/containers; default: CPU count.")
-    timeout_seconds: float = Field(5.0, gt=0.0, description="Wall-clock limit per program run.")
-    cpu_seconds: int = Field(5, gt=0, description="CPU-time limit per program run.")
-    memory_mb: int = Field(256, gt=0, description="Address-space limit per program run, MiB.")
-    container_memory_mb: int = Field(1024, gt=0, description="Memory limit per sandbox container, MiB.")
-    determinism_runs: int = Field(2, gt=0, description="Calls per validation that must agree (one fresh child).")
-    max_output_chars: int = Field(10_000, gt=0, description="Longest output repr returned by the sandbox.")
-    worker_slots: int = Field(4, gt=0, description="Programs each worker/container runs at once (one forked child each).")
-    container_cpus: float = Field(1.0, gt=0.0, description="CPU limit per sandbox container.")
+    pool_size: int | None = Field(None, title="Pool size", gt=0, description="Warm workers/containers; default: CPU count.")
+    timeout_seconds: float = Field(5.0, title="Wall-clock limit (s)", gt=0.0, description="Wall-clock limit per program run.")
+    cpu_seconds: int = Field(5, title="CPU-time limit (s)", gt=0, description="CPU-time limit per program run.")
+    memory_mb: int = Field(256, title="Memory limit per program (MiB)", gt=0, description="Address-space limit per program run, MiB.")
+    container_memory_mb: int = Field(1024, title="Memory limit per container (MiB)", gt=0, description="Memory limit per sandbox container, MiB.")
+    determinism_runs: int = Field(2, title="Determinism runs", gt=0, description="Calls per validation that must agree (one fresh child).")
+    max_output_chars: int = Field(10_000, title="Max output length (characters)", gt=0, description="Longest output repr returned by the sandbox.")
+    worker_slots: int = Field(4, title="Programs per worker", gt=0, description="Programs each worker/container runs at once (one forked child each).")
+    container_cpus: float = Field(1.0, title="CPUs per container", gt=0.0, description="CPU limit per sandbox container.")
     docker_transport: Literal["auto", "socket", "attach"] = Field(
         "auto",
         description="How the host talks to a container's runner: socket (a Unix socket mounted read-only into it; "
         "fastest), attach (stdin/stdout relayed by the daemon; works with remote daemons). auto: socket when the "
         "daemon runs on this Linux machine, else attach.",
+        title="Docker transport",
     )
-    banned_modules: list[str] = Field(
+    banned_modules: NameList = Field(
         default_factory=lambda: list(DEFAULT_BANNED_MODULES),
-        description="Modules a program may not import (checked on the AST, including __import__/importlib).",
+        description="Modules a program may not import (checked on the AST, dynamic imports and importlib included); "
+        "a list, or one text of names separated by commas.",
+        title="Banned modules",
     )
 
 
 class ValidationConfig(Section):
-    min_complexity: float = Field(0.0, ge=0.0, description="Minimum normalised complexity once force acceptance is over.")
-    max_output_chars: int = Field(1000, gt=0, description="Longest gold output repr accepted once force acceptance is over.")
-    induction_num_inputs: int = Field(10, gt=1, description="Inputs the induction proposer writes; half are shown.")
+    min_complexity: float = Field(0.0, title="Minimum complexity", ge=0.0, description="Minimum normalised complexity once force acceptance is over.")
+    max_output_chars: int = Field(1000, title="Max gold output length (characters)", gt=0, description="Longest gold output repr accepted once force acceptance is over.")
+    induction_num_inputs: int = Field(10, title="Induction inputs", gt=1, description="Inputs the induction proposer writes; half are shown.")
 
 
 class BufferConfig(Section):
-    references: int = Field(6, ge=0, description="K reference triplets sampled from the buffer per proposal.")
-    max_size: int = Field(5000, gt=0, description="Most tasks kept in the buffer (oldest seed tasks are kept first).")
+    references: int = Field(6, title="Reference tasks per proposal", ge=0, description="K reference triplets sampled from the buffer per proposal.")
+    max_size: int = Field(5000, title="Buffer size limit", gt=0, description="Most tasks kept in the buffer (oldest seed tasks are kept first).")
 
 
 class TrainingConfig(Section):
-    enabled: bool = Field(True, description="Run the policy update; off gives a self-play run without learning.")
-    learning_rate: float = Field(1e-6, gt=0.0, description="AdamW learning rate.")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    clip_ratio: float = Field(0.2, gt=0.0, description="PPO-style clip of the probability ratio.")
-    entropy_coef: float = Field(0.001, ge=0.0, description="Entropy bonus coefficient.")
-    kl_coef: float = Field(0.0, ge=0.0, description="KL penalty to the initial model; 0 = off.")
-    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
-    micro_batch_size: int = Field(4, gt=0, description="Samples per forward/backward; bounds training memory.")
-    keep_checkpoints: int = Field(2, ge=0, description="Older checkpoints kept besides the newest one.")
-    warmup_steps: int = Field(0, ge=0, description="Iterations of linear learning-rate warmup (from 0); then constant.")
+    enabled: bool = Field(True, title="Train the policy", description="Run the policy update; off gives a self-play run without learning.")
+    learning_rate: float = Field(1e-6, title="Learning rate", gt=0.0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, title="Weight decay", ge=0.0, description="AdamW weight decay.")
+    clip_ratio: float = Field(0.2, title="Clip ratio", gt=0.0, description="PPO-style clip of the probability ratio.")
+    entropy_coef: float = Field(0.001, title="Entropy coefficient", ge=0.0, description="Entropy bonus coefficient.")
+    kl_coef: float = Field(0.0, title="KL coefficient", ge=0.0, description="KL penalty to the initial model; 0 = off.")
+    max_grad_norm: float = Field(1.0, title="Max gradient norm", gt=0.0, description="Gradient clipping norm.")
+    micro_batch_size: int = Field(4, title="Micro-batch size", gt=0, description="Samples per forward/backward; bounds training memory.")
+    keep_checkpoints: int = Field(2, title="Older checkpoints kept", ge=0, description="Older checkpoints kept besides the newest one.")
+    warmup_steps: int = Field(0, title="Warmup iterations", ge=0, description="Iterations of linear learning-rate warmup (from 0); then constant.")
 
 
 class TrackingConfig(Section):
     mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; default: SQLite at <runs_dir>/mlflow.db."
+        None, description="MLflow tracking URI; default: the SQLite file mlflow.db in the runs directory.",
+        title="MLflow tracking URI",
     )
-    experiment: str = Field("azr", description="MLflow experiment name.")
-    log_artifacts: bool = Field(True, description="Log Parquet files and train.json as MLflow artifacts.")
+    experiment: str = Field("azr", title="MLflow experiment", description="MLflow experiment name.")
+    log_artifacts: bool = Field(True, title="Log files as MLflow artifacts", description="Log Parquet files and train.json as MLflow artifacts.")
 
 
 class OrchestrationConfig(Section):
-    runs_dir: str = Field("runs", description="Parent directory of run directories.")
-    run_name: str | None = Field(None, description="Run directory name; default: azr-<timestamp>.")
-    task_retries: int = Field(1, ge=0, description="Prefect retries of a stage task on a transient error.")
-    retry_delay_seconds: float = Field(2.0, ge=0.0, description="Delay between Prefect retries.")
+    runs_dir: str = Field("runs", title="Runs directory", description="Parent directory of run directories.")
+    run_name: str | None = Field(None, title="Run name", description="Run directory name; default: azr-YYYYMMDD-HHMMSS, from the time the run is created.")
+    task_retries: int = Field(1, title="Stage retries", ge=0, description="Prefect retries of a stage task on a transient error.")
+    retry_delay_seconds: float = Field(2.0, title="Retry delay (s)", ge=0.0, description="Delay between Prefect retries.")
 
 
 class EvalConfig(Section):
-    every: int = Field(0, ge=0, description="Evaluate every N iterations (and before the first); 0 = off.")
-    limit: int | None = Field(None, gt=0, description="Problems per held-out set; default: all.")
+    every: int = Field(0, title="Evaluate every N iterations", ge=0, description="Evaluate every N iterations (and before the first); 0 = off.")
+    limit: int | None = Field(None, title="Problems per set", gt=0, description="Problems per held-out set; default: all.")
     sets: list[str] = Field(
         default_factory=lambda: ["heldout"],
         description="Held-out sets: 'heldout' (shipped, one per task type) or JSONL files (CRUXEval format, or induction programs with inputs).",
+        title="Held-out sets",
     )
     task_types: list[TaskType] = Field(
-        default_factory=lambda: ["abduction", "deduction", "induction"], description="Task types (modes) to evaluate."
+        default_factory=lambda: ["abduction", "deduction", "induction"], description="Task types (modes) to evaluate.",
+        title="Task types evaluated",
     )
-    samples: int = Field(1, gt=0, description="Answers per problem: 1 = greedy; more = sampled at sampling.temperature.")
+    samples: int = Field(1, title="Answers per problem", gt=0, description="Answers per problem: 1 = greedy; more = sampled at sampling.temperature.")
     pass_k: list[int] = Field(
-        default_factory=lambda: [1, 5, 10], description="k values reported as pass@k (those <= samples)."
+        default_factory=lambda: [1, 5, 10], description="k values reported as pass@k (those <= samples).",
+        title="pass@k values",
     )
-    max_new_tokens: int | None = Field(None, gt=0, description="Longest answer, in tokens; default: sampling.max_new_tokens.")
-    strict: bool = Field(False, description="Require <answer> tags when parsing answers; lenient parsing (the default) scores the value.")
+    max_new_tokens: int | None = Field(None, title="Max answer tokens", gt=0, description="Longest answer, in tokens; default: sampling.max_new_tokens.")
+    strict: bool = Field(False, title="Strict answer parsing", description="Require answers inside answer tags; lenient parsing (the default) scores the value wherever it is.")
 
     @field_validator("pass_k")
     @classmethod
@@ -209,28 +265,30 @@ class EvalConfig(Section):
 class AZRConfig(Section):
     """A whole AZR run. The six top-level keys are AZR's documented knobs."""
 
-    seed: int = Field(0, description="Run seed; every stage derives its own from (seed, iteration, stage).")
-    num_iterations: int = Field(100, gt=0, description="Self-play iterations in the run.")
-    tasks_per_iteration: int = Field(5, gt=0, description="Proposals per iteration (and the solve batch size).")
+    seed: int = Field(0, title="Seed", description="Run seed; every stage derives its own from (seed, iteration, stage).")
+    num_iterations: int = Field(100, title="Iterations", gt=0, description="Self-play iterations in the run.")
+    tasks_per_iteration: int = Field(5, title="Tasks per iteration", gt=0, description="Proposals per iteration (and the solve batch size).")
     task_types: list[TaskType] = Field(
-        default_factory=lambda: ["abduction", "deduction", "induction"], description="Task types to propose."
+        default_factory=lambda: ["abduction", "deduction", "induction"], description="Task types to propose.",
+        title="Task types",
     )
     task_distribution: list[float] = Field(
-        default_factory=lambda: [0.3, 0.3, 0.4], description="Probability of each entry of task_types."
+        default_factory=lambda: [0.3, 0.3, 0.4], description="Probability of each entry of task_types.",
+        title="Task distribution",
     )
-    force_accept_tasks: bool = Field(True, description="Waive quality checks early in the run (see force_accept_threshold).")
-    force_accept_threshold: int = Field(50, ge=0, description="Force acceptance applies while iteration <= threshold.")
+    force_accept_tasks: bool = Field(True, title="Force acceptance", description="Waive quality checks early in the run (see force_accept_threshold).")
+    force_accept_threshold: int = Field(50, title="Force acceptance until iteration", ge=0, description="Force acceptance applies while iteration <= threshold.")
 
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Generation settings.")
-    rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="Reward weights and penalties.")
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Sandbox settings.")
-    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Task quality checks.")
-    buffer: BufferConfig = Field(default_factory=BufferConfig, description="Task buffer.")
-    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Policy update.")
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.")
-    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig, description="Run directory and Prefect.")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation during training.")
+    model: ModelConfig = Field(default_factory=ModelConfig, title="Model", description="Policy model.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, title="Sampling", description="Generation settings.")
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig, title="Rewards", description="Reward weights and penalties.")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, title="Sandbox", description="Sandbox settings.")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, title="Validation", description="Task quality checks.")
+    buffer: BufferConfig = Field(default_factory=BufferConfig, title="Task buffer", description="Task buffer.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, title="Training", description="Policy update.")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, title="Tracking (MLflow)", description="MLflow tracking.")
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig, title="Orchestration", description="Run directory and Prefect.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, title="Held-out evaluation", description="Held-out evaluation during training.")
 
     @field_validator("task_types")
     @classmethod

@@ -87,7 +87,6 @@ def _progress(run: RunDir, num_iterations: int) -> Iterator[None]:
     """A line per finished stage and iteration; on a terminal, a live bar below them too."""
     logger, handler = logging.getLogger("azr.progress"), ConsoleLines()
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
     try:
         if console.is_terminal:
             with Live(RunView(run, num_iterations), console=console, refresh_per_second=2):

@@ -110,6 +110,7 @@ ITERATION_TASKS = (propose_task, validate_task, solve_task, score_task, train_ta
 
 STEP_OF_TASK = {"update-buffer": "buffer", "log-iteration": None}  # task name -> report step (None: no line)
 progress = logging.getLogger("azr.progress")
+progress.setLevel(logging.INFO)  # Prefect gives the extra loggers its handlers, not a level
 
 
 def _report_stage(config: AZRConfig, run: RunDir, iteration: int, task_name: str) -> None:
