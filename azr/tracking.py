@@ -21,9 +21,12 @@ from azr.runs import iteration_metrics
 RUN_ID_FILE = "mlflow_run_id"
 MARKER_METRIC = "iteration"
 FLOW_RUN_TAG = "prefect.flow_run_id"
-# MLflow 3 opens an experiment without this tag in its GenAI (traces) view; this kind opens the
-# training view: runs, parameters and metric charts.
+# MLflow 3 shows experiments in its GenAI view (traces) unless told otherwise. The experiment tag
+# says "training" to UIs that read it; MLflow 3.17's UI decides by a view switch kept in the browser
+# (GenAI by default) that the `workflowType` query parameter of a link sets. Both select the view
+# with runs, parameters and metric charts.
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+TRAINING_VIEW = "workflowType=machine_learning"
 MLFLOW_UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 _ARTIFACT_FILES = ("proposals.parquet", "tasks.parquet", "solutions.parquet", "rewards.parquet", "train.json")
 
@@ -47,10 +50,10 @@ def ui_url(config: AZRConfig) -> str:
 
 
 def run_link(config: AZRConfig, run: RunDir) -> str:
-    """The MLflow UI page of ``run``'s MLflow run."""
+    """The MLflow UI page of ``run``'s MLflow run, in the training view."""
     run_id = (run.root / RUN_ID_FILE).read_text().strip()
     experiment_id = _client(config, run).get_run(run_id).info.experiment_id
-    return f"{ui_url(config)}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{ui_url(config)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
 def _client(config: AZRConfig, run: RunDir):

@@ -34,7 +34,7 @@ from azr.cli import ConfigOption, SetOption, app, console, err_console, resolve_
 from azr.config import TASK_TYPES, AZRConfig, ConfigError, load_config
 from azr.report import SUMMARY_COLUMNS, summary_row
 from azr.report import fmt as _fmt
-from azr.tracking import ui_command
+from azr.tracking import run_link, ui_command
 from flows.prefect_env import prepare_environment
 
 __all__ = ["app"]
@@ -117,6 +117,7 @@ def _print_where_to_look(config: AZRConfig, run: RunDir) -> None:
         ("tasks", f"azr tasks {run.root}"),
         ("all runs", f"azr runs --runs-dir {run.root.parent}"),
         ("MLflow", ui_command(config, run.root.parent)),
+        ("MLflow run", run_link(config, run)),  # opens in MLflow's training view
         ("Prefect", prefect),
     ):
         console.print(Text.assemble((f"{label:<14}", "bold"), where), soft_wrap=True)
