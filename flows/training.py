@@ -113,13 +113,15 @@ progress = logging.getLogger("azr.progress")
 progress.setLevel(logging.INFO)  # Prefect gives the extra loggers its handlers, not a level
 
 
-def _report_stage(config: AZRConfig, run: RunDir, iteration: int, task_name: str) -> None:
+def _report_stage(config: AZRConfig, run: RunDir, iteration: int, task_name: str, log_to: str | None = None) -> None:
+    """Log the line of a finished stage; ``log_to``: the flow run whose logs get it (default: the current)."""
     step = STEP_OF_TASK.get(task_name, task_name)
     if step is not None:
         metrics = iteration_metrics(run, iteration, config.task_types)
         if step == "evaluate":
             metrics |= tracking.evaluation_metrics(config, run, iteration)
-        progress.info(report.stage_line(step, iteration, config.num_iterations, metrics))
+        line = report.stage_line(step, iteration, config.num_iterations, metrics)
+        progress.info(line, extra={"flow_run_id": log_to} if log_to else None)
 
 
 def _iteration_flow_run_name() -> str:
@@ -131,9 +133,12 @@ def _iteration_flow_run_name() -> str:
 def iteration_flow(config: AZRConfig, run_root: Path, iteration: int) -> dict[str, str] | State:
     """One self-play iteration: propose, validate, solve, score, train, update the buffer, log.
 
-    Each stage waits for the one before (the edges of the run graph), and a line reports it when done.
+    Each stage waits for the one before (the edges of the run graph), and a line in the run's logs
+    reports it when done.
     """
     run = RunDir(run_root)
+    # The stage lines go to the run's own logs (the page a user opens), as in the terminal.
+    log_to = flow_run.root_flow_run_id
     retry = dict(retries=config.orchestration.task_retries,
                  retry_delay_seconds=config.orchestration.retry_delay_seconds)
     outputs: dict[str, str] = {}
@@ -149,7 +154,7 @@ def iteration_flow(config: AZRConfig, run_root: Path, iteration: int) -> dict[st
                 upstream = [result]
                 if isinstance(result, Path):
                     outputs[stage_task.name] = str(result)
-                _report_stage(config, run, iteration, stage_task.name)
+                _report_stage(config, run, iteration, stage_task.name, log_to)
     except Exception as exc:
         return failed(exc)
     return outputs

@@ -98,7 +98,8 @@ def test_run_logs_say_what_the_run_is_doing(served, api_run):
     assert any(line.startswith("MLflow run http://127.0.0.1:5000/#/experiments/") for line in lines)
     assert any(line.startswith("sandbox backend: ") for line in lines)
     assert any(line.startswith("iteration 1/1 done: prop 4  valid ") for line in lines)
-    stage_lines = _log_lines(client, _child_runs(client, flow_run), until="iteration 1/1  buffer")
+    # The stages' lines too: the run's page shows them as the terminal does, not only the iteration's.
+    stage_lines = _log_lines(client, [flow_run], until="iteration 1/1  buffer")
     for stage, numbers in (("propose", "4 proposals"), ("validate", "accepted"), ("solve", "rollouts, solve rate"),
                            ("score", "mean reward"), ("train", "tokens/s"), ("buffer", "buffer holds")):
         assert any(line.startswith(f"iteration 1/1  {stage}") and numbers in line for line in stage_lines), stage
