@@ -90,10 +90,12 @@ def _start(log: Path, *args) -> subprocess.Popen:
 
 
 def test_killed_run_and_resume_leave_nothing_behind(tmp_path):
-    """Prefect's local server (a uvicorn process), the sandbox workers or containers: all end."""
+    """Prefect's local server (a uvicorn process) and the sandbox workers: all end. (The process
+    backend: its workers are the command's own processes; the serve test covers containers.)"""
     runs_dir, log = tmp_path / "runs", tmp_path / "azr.log"
+    run = ("run", "--config", SMOKE_CONFIG, "--runs-dir", runs_dir, "--set", "executor.backend=process")
     # The local server runs `prefect.server.api.server` under uvicorn.
-    for args in (("run", "--config", SMOKE_CONFIG, "--runs-dir", runs_dir), ("resume", runs_dir / "smoke")):
+    for args in (run, ("resume", runs_dir / "smoke")):
         process = _start(log, *args)
         try:
             wait_until(lambda: _started(process.pid, "uvicorn"), f"azr {args[0]} starting", process, log)
@@ -105,7 +107,8 @@ def test_killed_run_and_resume_leave_nothing_behind(tmp_path):
 
 
 def test_killed_serve_leaves_no_flow_run_behind(prefect_server, tmp_path):
-    """`azr serve` runs each flow run in a process of its own; it ends with serve."""
+    """`azr serve` runs each flow run in a process of its own; it ends with serve, and so do its
+    sandbox containers (the default backend where docker answers) or worker processes."""
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
