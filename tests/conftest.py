@@ -147,7 +147,8 @@ def run_deployment_to_end(client, parameters: dict, timeout: float = 600):
     """Create a run of the served deployment through the API and wait for its final state."""
     from prefect.deployments import run_deployment
 
-    flow_run = run_deployment(DEPLOYMENT, parameters=parameters, timeout=timeout, poll_interval=1)
+    # _sync: the browser tests call this where an event loop runs (Playwright's), which makes it a coroutine.
+    flow_run = run_deployment(DEPLOYMENT, parameters=parameters, timeout=timeout, poll_interval=1, _sync=True)
     return client.read_flow_run(flow_run.id)
 
 
