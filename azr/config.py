@@ -11,10 +11,10 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
 TaskType = Literal["abduction", "deduction", "induction"]
 TASK_TYPES: tuple[str, ...] = ("abduction", "deduction", "induction")
@@ -28,36 +28,83 @@ DEFAULT_BANNED_MODULES = [
 ]
 
 
+def _split_names(value: Any) -> Any:
+    """Names given as one text ("os, sys subprocess") as a list; anything else as it is."""
+    return value.replace(",", " ").split() if isinstance(value, str) else value
+
+
+# A list of names that may also be written as one comma-separated text: how the Prefect UI form
+# shows a long list (one line instead of a row per entry). Its value is always a list.
+NameList = Annotated[
+    list[str],
+    BeforeValidator(_split_names),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+]
+
+
 class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names every offending key."""
+    """A configuration that cannot be used; the message names every offending key.
+
+    ``problems`` holds one ``key: what is wrong`` line per offending key.
+    """
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or [message]
+
+
+def _bounds(schema: dict[str, Any]) -> str:
+    """A field's numeric bounds as text: ``Must be > 0.``, ``Range: 0 < value <= 1.`` ('' when unbounded)."""
+    for option in (schema, *schema.get("anyOf", ())):  # an optional number keeps its bounds in anyOf
+        low = [(op, option[k]) for k, op in (("minimum", ">="), ("exclusiveMinimum", ">")) if k in option]
+        high = [(op, option[k]) for k, op in (("maximum", "<="), ("exclusiveMaximum", "<")) if k in option]
+        if low and high:
+            (low_op, low_value), (high_op, high_value) = low[0], high[0]
+            return f"Range: {low_value:g} {low_op.replace('>', '<')} value {high_op} {high_value:g}."
+        if low or high:
+            op, value = (low or high)[0]
+            return f"Must be {op} {value:g}."
+    return ""
+
+
+def _describe_bounds(schema: dict[str, Any]) -> None:
+    """Put each field's bounds into its JSON-schema description: the Prefect UI form shows
+    descriptions but not bounds (the server still enforces them)."""
+    for field in schema.get("properties", {}).values():
+        if (bounds := _bounds(field)) and field.get("description"):
+            field["description"] = f"{field['description']} {bounds}"
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, assignments are validated."""
+    """Base of every config section: unknown keys are errors, assignments are validated.
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    Descriptions are plain text (no Markdown: the Prefect UI renders them as Markdown in one
+    version and as text in another) and say what the key means; titles are for the UI form.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, json_schema_extra=_describe_bounds)
 
 
 class LoraConfig(Section):
-    enabled: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
-    r: int = Field(16, gt=0, description="LoRA rank.")
-    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (lora_alpha).")
+    enabled: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.", title="Train LoRA adapters")
+    r: int = Field(16, gt=0, description="LoRA rank.", title="LoRA rank")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (lora_alpha).", title="LoRA alpha")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        description="Module names that get adapters.",
+        description="Module names that get adapters.", title="Target modules",
     )
 
 
 class ModelConfig(Section):
     name_or_path: str = Field(
         "smollm2-135m-instruct",
-        description="Built-in name (smollm2-135m-instruct, tiny-random), a hub id, a local HF directory or a .gguf file.",
+        description="Built-in name (smollm2-135m-instruct, tiny-random), a hub id, a local HF directory or a .gguf file.", title="Model name or path",
     )
     cache_dir: str = Field(
-        "~/.cache/azr/models", description="Where converted built-in models are cached (AZR_CACHE_DIR overrides)."
+        "~/.cache/azr/models", description="Where converted built-in models are cached (AZR_CACHE_DIR overrides).", title="Model cache directory"
     )
     dtype: Literal["float32", "bfloat16", "float16"] = Field(
-        "float32", description="Weights dtype for training, and for generation unless generation_dtype says otherwise."
+        "float32", description="Weights dtype for training, and for generation unless generation_dtype says otherwise.", title="Weights dtype"
     )
     generation_dtype: Literal["same", "auto", "float32", "bfloat16", "float16"] = Field(
         "same",
@@ -65,30 +112,30 @@ class ModelConfig(Section):
             "Weights dtype for generation (propose, solve, eval). same: dtype. auto: bfloat16 where the hardware "
             "runs it natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), else dtype. When it differs "
             "from dtype, the train step takes its own log-probs as the PPO old ones instead of the recorded ones."
-        ),
+        ), title="Generation dtype",
     )
-    gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the training step.")
-    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA fine-tuning settings.")
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory in the training step.", title="Gradient checkpointing")
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA fine-tuning settings.", title="LoRA")
 
 
 class SamplingConfig(Section):
-    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 means greedy.")
-    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    temperature: float = Field(1.0, ge=0.0, description="Sampling temperature; 0 means greedy.", title="Temperature")
+    top_p: float = Field(1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.", title="Top-p")
     max_new_tokens: int = Field(
         512, gt=0,
         description="Longest generation, in tokens: the whole answer with answer_format free, each field the model "
-        "writes otherwise (fields also have their own bounds: program 192, value 64, message 48).",
+        "writes otherwise (fields also have their own bounds: program 192, value 64, message 48).", title="Max new tokens",
     )
-    batch_size: int = Field(16, gt=0, description="Prompts per generate() call; bounds generation memory.")
+    batch_size: int = Field(16, gt=0, description="Prompts per generate() call; bounds generation memory.", title="Generation batch size")
     max_prompt_tokens: int = Field(
         2048, gt=0,
         description="Longest prompt. A proposer prompt drops references to fit; a task whose solver prompt "
-        "would not fit is rejected (prompt_too_long). Prompts are never cut.",
+        "would not fit is rejected (prompt_too_long). Prompts are never cut.", title="Max prompt tokens",
     )
     stop_strings: list[str] = Field(
         default_factory=lambda: ["</answer>"],
         description="With generation.answer_format free: a generation ends once its text contains one of these "
-        "(kept in the text), or at EOS.",
+        "(kept in the text), or at EOS.", title="Stop strings",
     )
 
 
@@ -98,164 +145,165 @@ class GenerationConfig(Section):
         description="Who writes what in an answer. free: the model writes it all (reasoning, tags, blocks). "
         "prefill: azr writes the answer's scaffold (tags, fence labels, 'def f('), the model writes only the "
         "fields (program, input, output, message). grammar: prefill, and each field is constrained by a grammar "
-        "(a program that parses, literals, one argument per parameter of f). azr's scaffold is never trained on.",
+        "(a program that parses, literals, one argument per parameter of f). azr's scaffold is never trained on.", title="Answer format",
     )
 
 
 class LadderConfig(Section):
-    syntax: float = Field(-0.75, le=0.0, description="The program does not parse (or defines no f).")
-    runtime: float = Field(-0.5, le=0.0, description="It parses but fails on its input (error, timeout, memory limit).")
+    syntax: float = Field(-0.75, le=0.0, description="The program does not parse (or defines no f).", title="Does not parse")
+    runtime: float = Field(-0.5, le=0.0, description="It parses but fails on its input (error, timeout, memory limit).", title="Fails on its input")
     impure: float = Field(
         -0.25, le=0.0,
-        description="It runs but is not a task: nondeterministic, impure, a banned import, or a value that is not plain data.",
+        description="It runs but is not a task: nondeterministic, impure, a banned import, or a value that is not plain data.", title="Runs but is not a task",
     )
 
 
 class RewardsConfig(Section):
-    n_samples: int = Field(8, gt=0, description="Solver rollouts per task; also the Monte Carlo samples for learnability.")
-    learnability_weight: float = Field(1.0, ge=0.0, description="Weight of the learnability reward in the proposer total.")
-    diversity_weight: float = Field(0.0, ge=0.0, description="Weight of the diversity reward in the proposer total.")
-    complexity_weight: float = Field(0.0, ge=0.0, description="Weight of the complexity reward in the proposer total.")
+    n_samples: int = Field(8, gt=0, description="Solver rollouts per task; also the Monte Carlo samples for learnability.", title="Solver rollouts per task")
+    learnability_weight: float = Field(1.0, ge=0.0, description="Weight of the learnability reward in the proposer total.", title="Learnability weight")
+    diversity_weight: float = Field(0.0, ge=0.0, description="Weight of the diversity reward in the proposer total.", title="Diversity weight")
+    complexity_weight: float = Field(0.0, ge=0.0, description="Weight of the complexity reward in the proposer total.", title="Complexity weight")
     learnability_at_extremes: float = Field(
-        0.0, description="Learnability when the solve rate is 0 or 1 (paper: 0; reference code: -0.5)."
+        0.0, description="Learnability when the solve rate is 0 or 1 (paper: 0; reference code: -0.5).", title="Learnability at solve rate 0 or 1"
     )
     invalid_penalty: float = Field(
-        -1.0, le=0.0, description="Proposer reward for a proposal that cannot be read (no program or input: a format error)."
+        -1.0, le=0.0, description="Proposer reward for a proposal that cannot be read (no program or input: a format error).", title="Invalid proposal penalty"
     )
     wrong_task_penalty: float = Field(
         -0.5, le=0.0,
         description="Proposer reward for a readable proposal that is not a valid task, outside force acceptance "
-        "(the paper's 'wrong but well formatted').",
+        "(the paper's 'wrong but well formatted').", title="Wrong task penalty",
     )
     ladder: LadderConfig = Field(
         default_factory=LadderConfig,
         description="Under force acceptance: proposer rewards for invalid proposals by how far they got, so that "
-        "the proposer has a direction to climb (a proposal that cannot be read gets invalid_penalty).",
+        "the proposer has a direction to climb (a proposal that cannot be read gets invalid_penalty).", title="Ladder of invalid proposals",
     )
-    wrong_format_penalty: float = Field(-0.5, le=0.0, description="Solver reward: wrong but well formed (outside force acceptance).")
-    malformed_penalty: float = Field(-1.0, le=0.0, description="Solver reward: malformed answer (outside force acceptance).")
-    advantage_eps: float = Field(1e-6, gt=0.0, description="Epsilon in the TRR++ normalisation (r - mean) / (std + eps).")
+    wrong_format_penalty: float = Field(-0.5, le=0.0, description="Solver reward: wrong but well formed (outside force acceptance).", title="Wrong answer penalty")
+    malformed_penalty: float = Field(-1.0, le=0.0, description="Solver reward: malformed answer (outside force acceptance).", title="Malformed answer penalty")
+    advantage_eps: float = Field(1e-6, gt=0.0, description="Epsilon in the TRR++ normalisation (r - mean) / (std + eps).", title="Advantage epsilon")
 
 
 class ExecutorConfig(Section):
     backend: Literal["auto", "docker", "process", "dask"] = Field(
         "auto",
         description="Sandbox backend: docker when the daemon answers and the image exists, else process. dask: each "
-        "batch is split into chunks run by Dask workers, each holding a warm pool of its own (the dask_* keys).",
+        "batch is split into chunks run by Dask workers, each holding a warm pool of its own (see the keys whose names start with dask).", title="Sandbox backend",
     )
     image: str = Field(
         "azr-executor",
         description="Docker image of the sandbox (azr sandbox build). Without a tag, the tag is the runner's digest, "
-        "so checkouts with different runners on one daemon each keep their own image.",
+        "so checkouts with different runners on one daemon each keep their own image.", title="Sandbox image",
     )
-    pool_size: int | None = Field(None, gt=0, description="Warm workers/containers (per Dask worker with backend dask); default: CPU count.")
-    timeout_seconds: float = Field(5.0, gt=0.0, description="Wall-clock limit per program run.")
-    cpu_seconds: int = Field(5, gt=0, description="CPU-time limit per program run.")
-    memory_mb: int = Field(256, gt=0, description="Address-space limit per program run, MiB.")
-    container_memory_mb: int = Field(1024, gt=0, description="Memory limit per sandbox container, MiB.")
-    determinism_runs: int = Field(2, gt=0, description="Calls per validation that must agree (one fresh child).")
-    max_output_chars: int = Field(10_000, gt=0, description="Longest output repr returned by the sandbox.")
-    worker_slots: int = Field(4, gt=0, description="Programs each worker/container runs at once (one forked child each).")
-    container_cpus: float = Field(1.0, gt=0.0, description="CPU limit per sandbox container.")
+    pool_size: int | None = Field(None, gt=0, description="Warm workers/containers (per Dask worker with backend dask); default: CPU count.", title="Pool size")
+    timeout_seconds: float = Field(5.0, gt=0.0, description="Wall-clock limit per program run.", title="Wall-clock limit (s)")
+    cpu_seconds: int = Field(5, gt=0, description="CPU-time limit per program run.", title="CPU-time limit (s)")
+    memory_mb: int = Field(256, gt=0, description="Address-space limit per program run, MiB.", title="Memory limit per program (MiB)")
+    container_memory_mb: int = Field(1024, gt=0, description="Memory limit per sandbox container, MiB.", title="Memory limit per container (MiB)")
+    determinism_runs: int = Field(2, gt=0, description="Calls per validation that must agree (one fresh child).", title="Determinism runs")
+    max_output_chars: int = Field(10_000, gt=0, description="Longest output repr returned by the sandbox.", title="Max output length (characters)")
+    worker_slots: int = Field(4, gt=0, description="Programs each worker/container runs at once (one forked child each).", title="Programs per worker")
+    container_cpus: float = Field(1.0, gt=0.0, description="CPU limit per sandbox container.", title="CPUs per container")
     docker_transport: Literal["auto", "socket", "attach"] = Field(
         "auto",
         description="How the host talks to a container's runner: socket (a Unix socket mounted read-only into it; "
         "fastest), attach (stdin/stdout relayed by the daemon; works with remote daemons). auto: socket when the "
-        "daemon runs on this Linux machine, else attach.",
+        "daemon runs on this Linux machine, else attach.", title="Docker transport",
     )
-    banned_modules: list[str] = Field(
+    banned_modules: NameList = Field(
         default_factory=lambda: list(DEFAULT_BANNED_MODULES),
-        description="Modules a program may not import (checked on the AST, including __import__/importlib).",
+        description="Modules a program may not import (checked on the AST, dynamic imports and importlib included); "
+        "a list, or one text of names separated by commas.", title="Banned modules",
     )
     dask_address: str | None = Field(
         None,
         description="Backend dask: the scheduler (tcp://host:8786, or tls://... with the certificates in Dask's own "
         "config); its workers need --resources sandbox=1. None: azr starts a LocalCluster on loopback, with "
-        "temporary TLS credentials, and stops it with the sandbox.",
+        "temporary TLS credentials, and stops it with the sandbox.", title="Dask scheduler address",
     )
     dask_worker_backend: Literal["auto", "docker", "process"] = Field(
         "auto",
         description="Backend dask: the sandbox each Dask worker opens on its own machine; auto: docker where that "
-        "machine's daemon answers and has the current image, else process.",
+        "machine's daemon answers and has the current image, else process.", title="Backend on Dask workers",
     )
     dask_chunk_size: int = Field(
         256,
         gt=0,
         description="Backend dask: most jobs per Dask task. The batch is split into equal chunks, as many for each "
-        "worker; bigger ones pay Dask's round trip per task less often, smaller ones lose less work to a dead worker.",
+        "worker; bigger ones pay Dask's round trip per task less often, smaller ones lose less work to a dead worker.", title="Dask chunk size",
     )
     dask_idle_close_seconds: float = Field(
         600.0,
         gt=0.0,
         description="Backend dask: a worker closes its pool after this long without a chunk and opens it again for "
-        "the next one, so a client that died without closing leaves no containers running on the workers for long.",
+        "the next one, so a client that died without closing leaves no containers running on the workers for long.", title="Idle pool close (s)",
     )
     dask_local_workers: int = Field(
-        2, gt=0, description="Backend dask: workers of the LocalCluster started when dask_address is None."
+        2, gt=0, description="Backend dask: workers of the LocalCluster started when dask_address is None.", title="Local Dask workers"
     )
 
 
 class ValidationConfig(Section):
-    min_complexity: float = Field(0.0, ge=0.0, description="Minimum normalised complexity once force acceptance is over.")
-    max_output_chars: int = Field(1000, gt=0, description="Longest gold output repr accepted once force acceptance is over.")
-    induction_num_inputs: int = Field(10, gt=1, description="Inputs the induction proposer writes; half are shown.")
+    min_complexity: float = Field(0.0, ge=0.0, description="Minimum normalised complexity once force acceptance is over.", title="Minimum complexity")
+    max_output_chars: int = Field(1000, gt=0, description="Longest gold output repr accepted once force acceptance is over.", title="Max gold output length (characters)")
+    induction_num_inputs: int = Field(10, gt=1, description="Inputs the induction proposer writes; half are shown.", title="Induction inputs")
 
 
 class BufferConfig(Section):
-    references: int = Field(6, ge=0, description="K reference triplets sampled from the buffer per proposal.")
-    max_size: int = Field(5000, gt=0, description="Most tasks kept in the buffer (oldest seed tasks are kept first).")
+    references: int = Field(6, ge=0, description="K reference triplets sampled from the buffer per proposal.", title="Reference tasks per proposal")
+    max_size: int = Field(5000, gt=0, description="Most tasks kept in the buffer (oldest seed tasks are kept first).", title="Buffer size limit")
 
 
 class TrainingConfig(Section):
-    enabled: bool = Field(True, description="Run the policy update; off gives a self-play run without learning.")
-    learning_rate: float = Field(1e-6, gt=0.0, description="AdamW learning rate.")
-    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
-    clip_ratio: float = Field(0.2, gt=0.0, description="PPO-style clip of the probability ratio.")
-    entropy_coef: float = Field(0.001, ge=0.0, description="Entropy bonus coefficient.")
-    kl_coef: float = Field(0.0, ge=0.0, description="KL penalty to the initial model; 0 = off.")
-    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.")
-    micro_batch_size: int = Field(4, gt=0, description="Samples per forward/backward; bounds training memory.")
-    keep_checkpoints: int = Field(2, ge=0, description="Older checkpoints kept besides the newest one.")
-    warmup_steps: int = Field(0, ge=0, description="Iterations of linear learning-rate warmup (from 0); then constant.")
+    enabled: bool = Field(True, description="Run the policy update; off gives a self-play run without learning.", title="Train the policy")
+    learning_rate: float = Field(1e-6, gt=0.0, description="AdamW learning rate.", title="Learning rate")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.", title="Weight decay")
+    clip_ratio: float = Field(0.2, gt=0.0, description="PPO-style clip of the probability ratio.", title="Clip ratio")
+    entropy_coef: float = Field(0.001, ge=0.0, description="Entropy bonus coefficient.", title="Entropy coefficient")
+    kl_coef: float = Field(0.0, ge=0.0, description="KL penalty to the initial model; 0 = off.", title="KL coefficient")
+    max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.", title="Max gradient norm")
+    micro_batch_size: int = Field(4, gt=0, description="Samples per forward/backward; bounds training memory.", title="Micro-batch size")
+    keep_checkpoints: int = Field(2, ge=0, description="Older checkpoints kept besides the newest one.", title="Older checkpoints kept")
+    warmup_steps: int = Field(0, ge=0, description="Iterations of linear learning-rate warmup (from 0); then constant.", title="Warmup iterations")
     balance_roles: bool = Field(
         True,
         description="Weigh the roles equally in the loss: each role's loss is the mean over its own tokens, and the "
         "loss is the mean over roles (as the reference trains proposer and solver in equal numbers). Off: one mean "
-        "over every token, so the n solver rollouts per task outweigh the proposals.",
+        "over every token, so the n solver rollouts per task outweigh the proposals.", title="Balance roles in the loss",
     )
 
 
 class TrackingConfig(Section):
     mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; default: SQLite at <runs_dir>/mlflow.db."
+        None, description="MLflow tracking URI; default: the SQLite file mlflow.db in the runs directory.", title="MLflow tracking URI"
     )
-    experiment: str = Field("azr", description="MLflow experiment name.")
-    log_artifacts: bool = Field(True, description="Log Parquet files and train.json as MLflow artifacts.")
+    experiment: str = Field("azr", description="MLflow experiment name.", title="MLflow experiment")
+    log_artifacts: bool = Field(True, description="Log Parquet files and train.json as MLflow artifacts.", title="Log files as MLflow artifacts")
 
 
 class OrchestrationConfig(Section):
-    runs_dir: str = Field("runs", description="Parent directory of run directories.")
-    run_name: str | None = Field(None, description="Run directory name; default: azr-<timestamp>.")
-    task_retries: int = Field(1, ge=0, description="Prefect retries of a stage task on a transient error.")
-    retry_delay_seconds: float = Field(2.0, ge=0.0, description="Delay between Prefect retries.")
+    runs_dir: str = Field("runs", description="Parent directory of run directories.", title="Runs directory")
+    run_name: str | None = Field(None, description="Run directory name; default: azr-YYYYMMDD-HHMMSS, from the time the run is created.", title="Run name")
+    task_retries: int = Field(1, ge=0, description="Prefect retries of a stage task on a transient error.", title="Stage retries")
+    retry_delay_seconds: float = Field(2.0, ge=0.0, description="Delay between Prefect retries.", title="Retry delay (s)")
 
 
 class EvalConfig(Section):
-    every: int = Field(0, ge=0, description="Evaluate every N iterations (and before the first); 0 = off.")
-    limit: int | None = Field(None, gt=0, description="Problems per held-out set; default: all.")
+    every: int = Field(0, ge=0, description="Evaluate every N iterations (and before the first); 0 = off.", title="Evaluate every N iterations")
+    limit: int | None = Field(None, gt=0, description="Problems per held-out set; default: all.", title="Problems per set")
     sets: list[str] = Field(
         default_factory=lambda: ["heldout"],
-        description="Held-out sets: 'heldout' (shipped, one per task type) or JSONL files (CRUXEval format, or induction programs with inputs).",
+        description="Held-out sets: 'heldout' (shipped, one per task type) or JSONL files (CRUXEval format, or induction programs with inputs).", title="Held-out sets",
     )
     task_types: list[TaskType] = Field(
-        default_factory=lambda: ["abduction", "deduction", "induction"], description="Task types (modes) to evaluate."
+        default_factory=lambda: ["abduction", "deduction", "induction"], description="Task types (modes) to evaluate.", title="Task types evaluated"
     )
-    samples: int = Field(1, gt=0, description="Answers per problem: 1 = greedy; more = sampled at sampling.temperature.")
+    samples: int = Field(1, gt=0, description="Answers per problem: 1 = greedy; more = sampled at sampling.temperature.", title="Answers per problem")
     pass_k: list[int] = Field(
-        default_factory=lambda: [1, 5, 10], description="k values reported as pass@k (those <= samples)."
+        default_factory=lambda: [1, 5, 10], description="k values reported as pass@k (those <= samples).", title="pass@k values"
     )
-    max_new_tokens: int | None = Field(None, gt=0, description="Longest answer, in tokens; default: sampling.max_new_tokens.")
-    strict: bool = Field(False, description="Require <answer> tags when parsing answers; lenient parsing (the default) scores the value.")
+    max_new_tokens: int | None = Field(None, gt=0, description="Longest answer, in tokens; default: sampling.max_new_tokens.", title="Max answer tokens")
+    strict: bool = Field(False, description="Require answers inside answer tags; lenient parsing (the default) scores the value wherever it is.", title="Strict answer parsing")
 
     @field_validator("pass_k")
     @classmethod
@@ -275,29 +323,29 @@ class EvalConfig(Section):
 class AZRConfig(Section):
     """A whole AZR run. The six top-level keys are AZR's documented knobs."""
 
-    seed: int = Field(0, description="Run seed; every stage derives its own from (seed, iteration, stage).")
-    num_iterations: int = Field(100, gt=0, description="Self-play iterations in the run.")
-    tasks_per_iteration: int = Field(5, gt=0, description="Proposals per iteration (and the solve batch size).")
+    seed: int = Field(0, description="Run seed; every stage derives its own from (seed, iteration, stage).", title="Seed")
+    num_iterations: int = Field(100, gt=0, description="Self-play iterations in the run.", title="Iterations")
+    tasks_per_iteration: int = Field(5, gt=0, description="Proposals per iteration (and the solve batch size).", title="Tasks per iteration")
     task_types: list[TaskType] = Field(
-        default_factory=lambda: ["abduction", "deduction", "induction"], description="Task types to propose."
+        default_factory=lambda: ["abduction", "deduction", "induction"], description="Task types to propose.", title="Task types"
     )
     task_distribution: list[float] = Field(
-        default_factory=lambda: [0.3, 0.3, 0.4], description="Probability of each entry of task_types."
+        default_factory=lambda: [0.3, 0.3, 0.4], description="Probability of each entry of task_types.", title="Task distribution"
     )
-    force_accept_tasks: bool = Field(True, description="Waive quality checks early in the run (see force_accept_threshold).")
-    force_accept_threshold: int = Field(50, ge=0, description="Force acceptance applies while iteration <= threshold.")
+    force_accept_tasks: bool = Field(True, description="Waive quality checks early in the run (see force_accept_threshold).", title="Force acceptance")
+    force_accept_threshold: int = Field(50, ge=0, description="Force acceptance applies while iteration <= threshold.", title="Force acceptance until iteration")
 
-    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling settings.")
-    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="How answers are generated.")
-    rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="Reward weights and penalties.")
-    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Sandbox settings.")
-    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Task quality checks.")
-    buffer: BufferConfig = Field(default_factory=BufferConfig, description="Task buffer.")
-    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Policy update.")
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.")
-    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig, description="Run directory and Prefect.")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation during training.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="Policy model.", title="Model")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling settings.", title="Sampling")
+    generation: GenerationConfig = Field(default_factory=GenerationConfig, description="How answers are generated.", title="Generation")
+    rewards: RewardsConfig = Field(default_factory=RewardsConfig, description="Reward weights and penalties.", title="Rewards")
+    executor: ExecutorConfig = Field(default_factory=ExecutorConfig, description="Sandbox settings.", title="Sandbox")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig, description="Task quality checks.", title="Validation")
+    buffer: BufferConfig = Field(default_factory=BufferConfig, description="Task buffer.", title="Task buffer")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Policy update.", title="Training")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="MLflow tracking.", title="Tracking (MLflow)")
+    orchestration: OrchestrationConfig = Field(default_factory=OrchestrationConfig, description="Run directory and Prefect.", title="Orchestration")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Held-out evaluation during training.", title="Held-out evaluation")
 
     @field_validator("task_types")
     @classmethod
@@ -388,11 +436,12 @@ def read_yaml(path: str | os.PathLike[str]) -> dict[str, Any]:
     return data
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with ``update`` applied key by key: sections are merged, values and lists replaced."""
     merged = dict(base)
     for key, value in update.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+            merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
     return merged
@@ -401,11 +450,12 @@ def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
 def build_config(data: dict[str, Any], overrides: list[str] | tuple[str, ...] = (), source: str = "config") -> AZRConfig:
     """Validate a mapping (plus overrides) into an AZRConfig, or raise ConfigError naming each bad key."""
     # Overrides land on the defaults-filled mapping so `--set a.b=1` can tell a section from a value.
-    data = apply_overrides(_deep_merge(AZRConfig().model_dump(mode="json"), data), list(overrides))
+    data = apply_overrides(deep_merge(AZRConfig().model_dump(mode="json"), data), list(overrides))
     try:
         return AZRConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(f"{source} is invalid:\n{_format_errors(err)}") from None
+        problems = _format_errors(err).splitlines()
+        raise ConfigError(f"{source} is invalid:\n" + "\n".join(problems), problems) from None
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> AZRConfig:

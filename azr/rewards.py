@@ -54,6 +54,7 @@ LADDER_RUNGS = {
     "error": "runtime", "timeout": "runtime", "memory": "runtime", "killed": "runtime",
     "nondeterministic": "impure", "impure": "impure", "banned": "impure", "bad_output": "impure",
 }
+# Every reason a quality check gives (azr.data_construction.quality_reason, and prompt_too_long).
 QUALITY_REASONS = ("not_single_function", "too_simple", "duplicate", "near_duplicate", "repeated_inputs",
                    "output_too_large", "prompt_too_long")
 

@@ -15,8 +15,10 @@ from typing import Any
 import pandas as pd
 
 from azr.artifacts import ArtifactError, RunDir, manifest_path, read_json, read_manifest, read_rows, read_table
-from azr.config import ConfigError, load_config
+from azr.config import TASK_TYPES, ConfigError, load_config
+from azr.parsing import REASONS as PARSE_REASONS
 from azr.rewards import QUALITY_REASONS
+from azr.sandbox.runner import STATUSES as SANDBOX_STATUSES
 
 # The steps of one iteration in order, each with the file whose manifest says it is done.
 STEPS: tuple[tuple[str, str], ...] = (
@@ -29,6 +31,16 @@ STEPS: tuple[tuple[str, str], ...] = (
 )
 REWARD_COMPONENTS = ("reward", "learnability", "diversity", "complexity", "format", "correctness", "advantage")
 NONZERO_ADVANTAGE = 1e-6
+REWARD_ROLES = ("propose", "solve")
+# train.json numbers logged every iteration; one a step did not report (kl without a KL term, every
+# one when training is off) is logged as 0, so each chart has a point per iteration.
+TRAIN_METRICS = ("loss", "pg_loss", "entropy", "kl", "clip_fraction", "grad_norm", "tokens_per_second", "peak_memory_mb")
+# Why validate rejects a proposal: its parse reason, its sandbox status, or a quality check.
+REJECTION_REASONS = (
+    *(r for r in PARSE_REASONS if r != "no_answer"),  # no_answer is the solver's
+    *sorted(SANDBOX_STATUSES - {"ok"}),
+    *QUALITY_REASONS,
+)
 TASK_STATUSES = ("accepted", "rejected", "forced")
 KEY_METRICS = ("tasks/valid_rate", "solve_rate/all", "reward/solve/reward", "train/loss")
 
@@ -103,8 +115,9 @@ def _mean(series: pd.Series) -> float | None:
     return None if pd.isna(value) else float(value)
 
 
-def _proposal_metrics(frame: pd.DataFrame) -> dict[str, float]:
+def _proposal_metrics(frame: pd.DataFrame, task_types: tuple[str, ...]) -> dict[str, float]:
     metrics = {"proposals/count": len(frame), "proposals/parsed": int(frame["parsed"].sum())}
+    metrics |= {f"proposals/{t}": 0 for t in task_types}
     for task_type, count in frame["task_type"].value_counts().items():
         metrics[f"proposals/{_metric_key(task_type)}"] = int(count)
     return metrics
@@ -115,7 +128,7 @@ def ground_truth_valid(tasks: pd.DataFrame) -> pd.Series:
     return tasks["accepted"] | tasks["reason"].isin(QUALITY_REASONS)
 
 
-def _task_metrics(frame: pd.DataFrame) -> dict[str, float]:
+def _task_metrics(frame: pd.DataFrame, task_types: tuple[str, ...]) -> dict[str, float]:
     proposed = frame[frame["source"] == "proposed"]
     accepted = int(proposed["accepted"].sum())
     valid = ground_truth_valid(proposed)
@@ -129,20 +142,24 @@ def _task_metrics(frame: pd.DataFrame) -> dict[str, float]:
     }
     for task_type, rate in valid.groupby(proposed["task_type"]).mean().items():
         metrics[f"tasks/valid_rate/{_metric_key(task_type)}"] = float(rate)
+    metrics |= {f"tasks/rejected/{reason}": 0 for reason in REJECTION_REASONS}
     for reason, count in proposed.loc[~proposed["accepted"], "reason"].fillna("unknown").value_counts().items():
         metrics[f"tasks/rejected/{_metric_key(reason)}"] = int(count)
     return metrics
 
 
-def _solution_metrics(frame: pd.DataFrame) -> dict[str, float]:
-    metrics = {"solve_rate/all": float(frame["correct"].mean()), "solutions/parsed": float(frame["parsed"].mean())}
+def _solution_metrics(frame: pd.DataFrame, task_types: tuple[str, ...]) -> dict[str, float]:
+    metrics = {"solutions/count": len(frame), "solve_rate/all": _mean(frame["correct"]) or 0.0,
+               "solutions/parsed": _mean(frame["parsed"]) or 0.0}
+    metrics |= {f"solve_rate/{t}": 0.0 for t in task_types}
     for task_type, rate in frame.groupby("task_type")["correct"].mean().items():
         metrics[f"solve_rate/{_metric_key(task_type)}"] = float(rate)
     return metrics
 
 
-def _reward_metrics(frame: pd.DataFrame) -> dict[str, float]:
-    metrics = {}
+def _reward_metrics(frame: pd.DataFrame, task_types: tuple[str, ...]) -> dict[str, float]:
+    metrics = {f"reward/{role}/{c}": 0.0 for role in REWARD_ROLES for c in REWARD_COMPONENTS}
+    metrics |= {f"advantage/{role}/nonzero": 0.0 for role in REWARD_ROLES}
     for role, rows in frame.groupby("role"):
         for component in REWARD_COMPONENTS:
             if component in rows and (value := _mean(rows[component])) is not None:
@@ -153,19 +170,23 @@ def _reward_metrics(frame: pd.DataFrame) -> dict[str, float]:
 
 
 def _train_metrics(data: dict[str, Any]) -> dict[str, float]:
-    return {
+    return {f"train/{key}": 0.0 for key in TRAIN_METRICS} | {
         f"train/{key}": float(value)
         for key, value in data.items()
         if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     }
 
 
-def iteration_metrics(run: RunDir, iteration: int) -> dict[str, float]:
+def iteration_metrics(run: RunDir, iteration: int, task_types: tuple[str, ...] | list[str] = TASK_TYPES) -> dict[str, float]:
     """Metrics of one iteration from its finished files (missing steps are left out).
 
     Proposals by type, validity by reason, forced count, solve rate by type, reward means by
-    role and component, train.json's numbers, seconds per step and the buffer size.
+    role and component, train.json's numbers, seconds per step and the buffer size. Within a
+    finished step every metric is there, as 0 when nothing was counted (a rejection reason that
+    did not occur, a type nothing was proposed for, a rate with nothing to rate), so each chart
+    has a point per iteration.
     """
+    task_types = tuple(task_types)
     readers = {
         "proposals.parquet": _proposal_metrics,
         "tasks.parquet": _task_metrics,
@@ -176,7 +197,7 @@ def iteration_metrics(run: RunDir, iteration: int) -> dict[str, float]:
     for name, reader in readers.items():
         path = run.stage_file(iteration, name)
         if manifest_path(path).exists():
-            metrics.update(reader(read_table(path)))
+            metrics.update(reader(read_table(path), task_types))
     train_json = run.stage_file(iteration, "train.json")
     if manifest_path(train_json).exists():
         metrics.update(_train_metrics(read_json(train_json)))

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from azr import summary
 from azr.artifacts import RunDir, manifest_path, read_table
 from azr.config import AZRConfig
 from azr.evaluation import eval_metrics
@@ -20,6 +21,13 @@ from azr.runs import iteration_metrics
 RUN_ID_FILE = "mlflow_run_id"
 MARKER_METRIC = "iteration"
 FLOW_RUN_TAG = "prefect.flow_run_id"
+# MLflow 3 shows experiments in its GenAI view (traces) unless told otherwise. The experiment tag
+# says "training" to UIs that read it; MLflow 3.17's UI decides by a view switch kept in the browser
+# (GenAI by default) that the `workflowType` query parameter of a link sets. Both select the view
+# with runs, parameters and metric charts.
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+TRAINING_VIEW = "workflowType=machine_learning"
+MLFLOW_UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
 _ARTIFACT_FILES = ("proposals.parquet", "tasks.parquet", "solutions.parquet", "rewards.parquet", "train.json")
 
 
@@ -33,6 +41,19 @@ def tracking_uri(config: AZRConfig, runs_dir: Path) -> str:
 def ui_command(config: AZRConfig, runs_dir: Path) -> str:
     """The command that opens the MLflow UI on this run's tracking store."""
     return f"mlflow ui --backend-store-uri {tracking_uri(config, runs_dir)}"
+
+
+def ui_url(config: AZRConfig) -> str:
+    """Where the MLflow UI for this config's store is: the tracking server, or `mlflow ui`'s default."""
+    uri = config.tracking.mlflow_tracking_uri or ""
+    return uri.rstrip("/") if uri.startswith(("http://", "https://")) else MLFLOW_UI_URL
+
+
+def run_link(config: AZRConfig, run: RunDir) -> str:
+    """The MLflow UI page of ``run``'s MLflow run, in the training view."""
+    run_id = (run.root / RUN_ID_FILE).read_text().strip()
+    experiment_id = _client(config, run).get_run(run_id).info.experiment_id
+    return f"{ui_url(config)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
 
 
 def _client(config: AZRConfig, run: RunDir):
@@ -56,10 +77,13 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, str]:
 def _experiment_id(client, config: AZRConfig, runs_dir: Path) -> str:
     experiment = client.get_experiment_by_name(config.tracking.experiment)
     if experiment is not None:
+        if EXPERIMENT_KIND[0] not in experiment.tags:  # made by an older azr, or by hand
+            client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
         return experiment.experiment_id
     # With the default SQLite store, artifacts sit next to it rather than in the working directory.
     location = None if config.tracking.mlflow_tracking_uri else (runs_dir / "mlartifacts").resolve().as_uri()
-    return client.create_experiment(config.tracking.experiment, artifact_location=location)
+    return client.create_experiment(config.tracking.experiment, artifact_location=location,
+                                    tags={EXPERIMENT_KIND[0]: EXPERIMENT_KIND[1]})
 
 
 def start_run(config: AZRConfig, run: RunDir, flow_run_id: str | None = None) -> str:
@@ -97,15 +121,18 @@ def iteration_logged(config: AZRConfig, run: RunDir, iteration: int) -> bool:
 
 
 def log_iteration(config: AZRConfig, run: RunDir, iteration: int) -> dict[str, float]:
-    """Log one finished iteration's metrics (step = iteration) and, if enabled, its files as
-    artifacts under ``iter-NNNN/``. Does nothing when the iteration is already logged."""
+    """Log one finished iteration's metrics (step = iteration), its summary as ``iter-NNNN/summary.csv``
+    and, if enabled, its files as artifacts under ``iter-NNNN/``. Does nothing when the iteration is
+    already logged."""
     from mlflow.entities import Metric
 
     if iteration_logged(config, run, iteration):
         return {}
     client = _client(config, run)
     run_id = (run.root / RUN_ID_FILE).read_text().strip()
-    metrics = iteration_metrics(run, iteration) | evaluation_metrics(config, run, iteration)
+    metrics = iteration_metrics(run, iteration, config.task_types) | evaluation_metrics(config, run, iteration)
+    # Parquet has no preview in the MLflow UI; this small table has.
+    client.log_text(run_id, summary.summary_csv(iteration, metrics), f"{run.iteration_dir(iteration).name}/summary.csv")
     if config.tracking.log_artifacts:
         folder = run.iteration_dir(iteration).name
         for name in _ARTIFACT_FILES:

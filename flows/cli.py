@@ -7,10 +7,10 @@ at import).
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
-import threading
 import time
 import traceback
 from contextlib import contextmanager
@@ -27,11 +27,14 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
+from azr import reaper
 from azr import runs as run_info
 from azr.artifacts import RunDir
 from azr.cli import ConfigOption, SetOption, app, console, err_console, resolve_config
 from azr.config import TASK_TYPES, AZRConfig, ConfigError, load_config
-from azr.tracking import ui_command
+from azr.summary import SUMMARY_COLUMNS, summary_row
+from azr.summary import fmt as _fmt
+from azr.tracking import run_link, ui_command
 from flows.prefect_env import prepare_environment
 
 __all__ = ["app"]
@@ -49,10 +52,7 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 
 class RunView:
-    """The progress display of `azr run`, read from the run directory's manifests.
-
-    On a terminal it is a live bar; otherwise (logs, CI) one line per finished stage.
-    """
+    """The live progress bar of `azr run` on a terminal, read from the run directory's manifests."""
 
     def __init__(self, run: RunDir, num_iterations: int) -> None:
         self.run, self.num_iterations, self.started = run, num_iterations, time.monotonic()
@@ -73,54 +73,34 @@ class RunView:
         done, line = self.status()
         return Group(ProgressBar(total=self.num_iterations * len(self.steps), completed=done, width=60), Text(line))
 
-    def print_changes(self, stop: threading.Event) -> None:
-        """Print a line whenever a stage finishes, until ``stop`` is set."""
-        last = None
-        while not stop.wait(1.0):
-            done, line = self.status()
-            if done != last:
-                console.print(Text(line), soft_wrap=True)
-                last = done
+
+class ConsoleLines(logging.Handler):
+    """Prints the run's progress lines (the ones its Prefect run logs get) on the console."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        style = "red" if record.levelno >= logging.ERROR else None
+        console.print(Text(self.format(record), style=style), soft_wrap=True)
 
 
 @contextmanager
 def _progress(run: RunDir, num_iterations: int) -> Iterator[None]:
-    view = RunView(run, num_iterations)
-    if console.is_terminal:
-        with Live(view, console=console, refresh_per_second=2):
-            yield
-        return
-    stop = threading.Event()
-    watcher = threading.Thread(target=view.print_changes, args=(stop,), daemon=True)
-    watcher.start()
+    """A line per finished stage and iteration; on a terminal, a live bar below them too."""
+    logger, handler = logging.getLogger("azr.progress"), ConsoleLines()
+    logger.addHandler(handler)
     try:
-        yield
+        if console.is_terminal:
+            with Live(RunView(run, num_iterations), console=console, refresh_per_second=2):
+                yield
+        else:
+            yield
     finally:
-        stop.set()
-        watcher.join()
-
-
-def _fmt(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}"
-    return str(value)
-
-
-SUMMARY_COLUMNS = {
-    "prop": "proposals/count", "valid": "tasks/accepted", "forced": "tasks/forced",
-    "solved": "solve_rate/all", "R prop": "reward/propose/reward", "R solve": "reward/solve/reward",
-    "loss": "train/loss", "tok/s": "train/tokens_per_second", "s": "seconds/iteration",
-}
+        logger.removeHandler(handler)
 
 
 def _summary_table(run: RunDir) -> Table:
     """One row per finished iteration: the numbers a person checks first (all in MLflow)."""
-    rows = []
-    for iteration in range(1, run_info.iterations_done(run) + 1):
-        metrics = run_info.iteration_metrics(run, iteration)
-        rows.append([str(iteration), *(_fmt(metrics.get(key)) for key in SUMMARY_COLUMNS.values())])
+    rows = [[str(iteration), *summary_row(run_info.iteration_metrics(run, iteration))]
+            for iteration in range(1, run_info.iterations_done(run) + 1)]
     table = Table(title=f"run {run.name}", box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, collapse_padding=True)
     for i, title in enumerate(("iter", *SUMMARY_COLUMNS)):
         table.add_column(title, justify="right", no_wrap=True, min_width=max([len(title)] + [len(r[i]) for r in rows]))
@@ -137,6 +117,7 @@ def _print_where_to_look(config: AZRConfig, run: RunDir) -> None:
         ("tasks", f"azr tasks {run.root}"),
         ("all runs", f"azr runs --runs-dir {run.root.parent}"),
         ("MLflow", ui_command(config, run.root.parent)),
+        ("MLflow run", run_link(config, run)),  # opens in MLflow's training view
         ("Prefect", prefect),
     ):
         console.print(Text.assemble((f"{label:<14}", "bold"), where), soft_wrap=True)
@@ -162,9 +143,9 @@ def _execute(config: AZRConfig) -> None:
     from flows.training import training_run
 
     run = RunDir(Path(config.orchestration.runs_dir) / str(config.orchestration.run_name))
+    reaper.watch()  # Prefect's local server and the sandbox end with this process, even on SIGKILL
     # SIGTERM (kill, a job scheduler) exits through Python, so Prefect's ephemeral server is stopped too.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    console.print(f"run [bold]{run.name}[/bold] in {run.root}")
     with _progress(run, config.num_iterations):
         state = training_run(config, return_state=True)
     if state.is_failed() or state.is_crashed():
@@ -349,6 +330,7 @@ def serve_command(
     cfg = with_location(cfg, root_dir)
     cfg = cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(update={"run_name": None})})
     console.print(f"serving deployment azr-run/{name} on {api_url}; open the UI, pick the deployment, press Run")
+    reaper.watch()  # the flow runs this process starts end with it, even on SIGKILL
     serve_deployment(cfg, name)
 
 

@@ -17,6 +17,10 @@ OFFLINE_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    # azr's own log lines (progress, sandbox) reach the Prefect run logs too; outside a run (the
+    # CLI before and after the flow) there is no run to send them to, which is not worth a warning.
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "azr",
+    "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
 # Lines a normal run prints that say nothing about the run: the ephemeral server starting and

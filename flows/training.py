@@ -3,23 +3,32 @@
 Wiring only. Every stage is idempotent through its manifest (DESIGN.md section 2), so running
 this flow again on the same run directory (`azr resume`, or retrying the flow run in the Prefect
 UI) skips what is done and continues at the first unfinished stage. Stage tasks pass Parquet
-paths, never frames or models. Import this module after `flows.prefect_env.prepare_environment`.
+paths, never frames or models. Each finished stage and iteration is reported on the
+``azr.progress`` logger (the Prefect run logs, and the terminal of `azr run`), and each iteration
+as a Prefect artifact. Import this module after `flows.prefect_env.prepare_environment`.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import docker.errors
 from prefect import flow, tags, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
+from prefect.states import Failed, State
 
-from azr import tracking
+from azr import summary, tracking
 from azr.artifacts import RunDir
-from azr.config import AZRConfig
+from azr.config import AZRConfig, ConfigError, build_config, deep_merge
+from azr.runs import iteration_metrics
+from azr.sandbox import choose_backend
 from stages.buffer import update_buffer
 from stages.evaluate import evaluate_iteration, should_evaluate
 from stages.propose import propose
@@ -99,23 +108,66 @@ ITERATION_TASKS = (propose_task, validate_task, solve_task, score_task, train_ta
                    log_iteration_task)
 
 
-@flow(name="azr-iteration", flow_run_name="iteration-{iteration}")
-def iteration_flow(config: AZRConfig, run_root: Path, iteration: int) -> dict[str, str]:
-    """One self-play iteration: propose, validate, solve, score, train, update the buffer, log."""
+STEP_OF_TASK = {"update-buffer": "buffer", "log-iteration": None}  # task name -> report step (None: no line)
+progress = logging.getLogger("azr.progress")
+progress.setLevel(logging.INFO)  # Prefect gives the extra loggers its handlers, not a level
+
+
+def _report_stage(config: AZRConfig, run: RunDir, iteration: int, task_name: str, log_to: str | None = None) -> None:
+    """Log the line of a finished stage; ``log_to``: the flow run whose logs get it (default: the current)."""
+    step = STEP_OF_TASK.get(task_name, task_name)
+    if step is not None:
+        metrics = iteration_metrics(run, iteration, config.task_types)
+        if step == "evaluate":
+            metrics |= tracking.evaluation_metrics(config, run, iteration)
+        line = summary.stage_line(step, iteration, config.num_iterations, metrics)
+        progress.info(line, extra={"flow_run_id": log_to} if log_to else None)
+
+
+def _iteration_flow_run_name() -> str:
+    parameters = flow_run.parameters
+    return f"{Path(parameters['run_root']).name}-iteration-{parameters['iteration']}"
+
+
+@flow(name="azr-iteration", flow_run_name=_iteration_flow_run_name, persist_result=False)
+def iteration_flow(config: AZRConfig, run_root: Path, iteration: int) -> dict[str, str] | State:
+    """One self-play iteration: propose, validate, solve, score, train, update the buffer, log.
+
+    Each stage waits for the one before (the edges of the run graph), and a line in the run's logs
+    reports it when done.
+    """
     run = RunDir(run_root)
+    # The stage lines go to the run's own logs (the page a user opens), as in the terminal.
+    log_to = flow_run.root_flow_run_id
     retry = dict(retries=config.orchestration.task_retries,
                  retry_delay_seconds=config.orchestration.retry_delay_seconds)
-    outputs = {}
-    with tags(f"iteration:{iteration}"):
-        for stage_task in ITERATION_TASKS:
-            if stage_task is evaluate_task and not should_evaluate(config, iteration):
-                continue
-            result = stage_task.with_options(task_run_name=f"{stage_task.name}-{iteration}", **retry)(
-                config, run, iteration
-            )
-            if isinstance(result, Path):
-                outputs[stage_task.name] = str(result)
+    outputs: dict[str, str] = {}
+    upstream: list[Any] = []
+    try:
+        with tags(f"iteration:{iteration}"):
+            for stage_task in ITERATION_TASKS:
+                if stage_task is evaluate_task and not should_evaluate(config, iteration):
+                    continue
+                result = stage_task.with_options(task_run_name=f"{stage_task.name}-{iteration}", **retry)(
+                    config, run, iteration, wait_for=upstream
+                )
+                upstream = [result]
+                if isinstance(result, Path):
+                    outputs[stage_task.name] = str(result)
+                _report_stage(config, run, iteration, stage_task.name, log_to)
+    except Exception as exc:
+        return failed(exc)
     return outputs
+
+
+def failed(exc: BaseException) -> State:
+    """The Failed state of a flow that caught ``exc``.
+
+    Returned rather than raised: Prefect writes a raised exception to its result storage (under
+    PREFECT_HOME, outside the run directory); a returned state is kept only in memory, as these
+    flows persist no results. The exception stays the state's result (what `azr run` prints).
+    """
+    return Failed(message=f"{type(exc).__name__}: {exc}", data=exc)
 
 
 def default_run_name(created: datetime) -> str:
@@ -137,24 +189,114 @@ def _flow_run_created() -> datetime:
     return created or datetime.now()
 
 
-@flow(name="azr-run")
-def training_run(config: AZRConfig = AZRConfig()) -> str:
-    """An AZR self-play training run: `num_iterations` iterations of propose, validate, solve,
-    score and train. Returns the run directory. Re-running it on the same run directory (same
-    `orchestration.run_name`) continues from the first unfinished stage."""
+def _served_config() -> dict[str, Any]:
+    """The config the deployment of the current flow run was served with ({} outside a deployment)."""
+    from prefect.client.orchestration import get_client
+    from prefect.runtime import deployment
+
+    if not deployment.id:
+        return {}
+    with get_client(sync_client=True) as client:
+        return client.read_deployment(deployment.id).parameters.get("config") or {}
+
+
+def _config_data(config: AZRConfig | dict[str, Any]) -> dict[str, Any]:
+    """The run's config as a mapping: a partial one (from the API) merged over the deployment's."""
+    if isinstance(config, AZRConfig):
+        return config.model_dump(mode="json")
+    if not isinstance(config, dict):
+        raise ConfigError(f"config: expected a mapping of keys, not {type(config).__name__}")
+    return deep_merge(_served_config(), config)
+
+
+def resolve_config(config: AZRConfig | dict[str, Any]) -> AZRConfig:
+    """The validated config of a run (cross-field rules included), its run name filled in.
+
+    Prefect replaces a deployment's parameters only at the top level, so a run created with part
+    of a config (``{"config": {"num_iterations": 1}}``: API, CLI, automations) gets that part
+    merged over the config the deployment was served with, key by key, instead of replacing it.
+    """
+    if not isinstance(config, AZRConfig):
+        config = build_config(_config_data(config), source="config")
     if config.orchestration.run_name is None:
         config = with_location(config, run_name=default_run_name(_flow_run_created()))
-    runs_dir = Path(config.orchestration.runs_dir).expanduser().resolve()
-    run = setup_task(config, runs_dir)
-    start_tracking_task(config, run, flow_run.get_id())
+    return config
+
+
+def _run_flow_run_name() -> str:
+    """Flow runs are named after the run directory (the config's run name, or its timestamp)."""
     try:
+        data = _config_data(flow_run.parameters.get("config", AZRConfig()))
+    except ConfigError:
+        return "refused-config"
+    return (data.get("orchestration") or {}).get("run_name") or default_run_name(_flow_run_created())
+
+
+def _refuse(exc: ConfigError) -> State:
+    """The run's end when its config is invalid: the offending keys first, no traceback, nothing written."""
+    message = f"{'; '.join(exc.problems)} (config refused; no stage ran)"
+    progress.error(message)
+    return Failed(message=message)
+
+
+def _announce(config: AZRConfig, run: RunDir) -> None:
+    backend, why = choose_backend(config.executor)
+    progress.info(f"run {run.name} in {run.root}")
+    progress.info(f"MLflow run {tracking.run_link(config, run)} (open the UI with: "
+                  f"{tracking.ui_command(config, run.root.parent)})")
+    progress.info(f"sandbox backend: {backend} ({why})")
+
+
+def _artifact_key(run: RunDir, iteration: int) -> str:
+    # Prefect artifact keys: lowercase letters, digits and dashes.
+    return f"{re.sub(r'[^a-z0-9]+', '-', run.name.lower()).strip('-') or 'run'}-iteration-{iteration}"
+
+
+def _report_iteration(config: AZRConfig, run: RunDir, iteration: int) -> None:
+    metrics = iteration_metrics(run, iteration, config.task_types) | tracking.evaluation_metrics(config, run, iteration)
+    progress.info(summary.iteration_line(iteration, config.num_iterations, metrics))
+    links = {
+        "run directory": f"`{run.root}`",
+        "tasks": f"`azr tasks {run.root} --iteration {iteration}`",
+        "MLflow run": tracking.run_link(config, run),
+    }
+    create_markdown_artifact(
+        summary.iteration_markdown(run.name, iteration, config.num_iterations, metrics, links),
+        key=_artifact_key(run, iteration),
+        description=f"{run.name}: summary of iteration {iteration}",
+    )
+
+
+@flow(name="azr-run", flow_run_name=_run_flow_run_name, validate_parameters=False, persist_result=False)
+def training_run(config: AZRConfig = AZRConfig()) -> str | State:
+    """An AZR self-play training run: `num_iterations` iterations of propose, validate, solve,
+    score and train. Returns the run directory. Re-running it on the same run directory (same
+    `orchestration.run_name`) continues from the first unfinished stage.
+
+    From a deployment, ``config`` may be part of a config: it is merged over the deployment's and
+    the whole is validated, cross-field rules included, before any stage runs. (Prefect's own
+    parameter validation is off: it would validate the part alone, and fail with its traceback.)
+    """
+    try:
+        config = resolve_config(config)
+    except ConfigError as exc:
+        return _refuse(exc)
+    try:
+        run = setup_task(config, Path(config.orchestration.runs_dir).expanduser().resolve())
+        start_tracking_task(config, run, flow_run.get_id())
+    except Exception as exc:
+        return failed(exc)
+    try:
+        _announce(config, run)
         if should_evaluate(config, 0):  # the base model, so curves start before any update
             evaluate_task(config, run, 0)
+            _report_stage(config, run, 0, "evaluate")
             log_base_evaluation_task(config, run)
         for iteration in range(1, config.num_iterations + 1):
             iteration_flow(config, run.root, iteration)
-    except Exception:
+            _report_iteration(config, run, iteration)
+    except Exception as exc:
         end_tracking_task(config, run, "FAILED")
-        raise
+        return failed(exc)
     end_tracking_task(config, run, "FINISHED")
     return str(run.root)

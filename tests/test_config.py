@@ -48,6 +48,60 @@ def test_every_field_has_a_description():
     walk(AZRConfig)
 
 
+def _schema_fields():
+    """(key path, JSON-schema property) of every config field, as the Prefect UI form gets them."""
+    schema = AZRConfig.model_json_schema()
+
+    def walk(properties, prefix=""):
+        for name, prop in properties.items():
+            yield f"{prefix}{name}", prop
+            if "$ref" in prop:
+                yield from walk(schema["$defs"][prop["$ref"].split("/")[-1]]["properties"], f"{prefix}{name}.")
+
+    return list(walk(schema["properties"]))
+
+
+def test_every_field_has_a_written_title_for_the_form():
+    for key, prop in _schema_fields():
+        name = key.split(".")[-1]
+        generated = name.replace("_", " ").title()  # what pydantic would make of the key
+        assert prop.get("title") and (prop["title"] != generated or " " not in generated), f"{key}: {prop.get('title')!r}"
+    titles = dict(_schema_fields())
+    assert titles["training.kl_coef"]["title"] == "KL coefficient" and titles["model.lora.r"]["title"] == "LoRA rank"
+
+
+def test_descriptions_are_plain_text_that_markdown_leaves_as_written():
+    """One Prefect UI renders descriptions as Markdown, the other as text: no tag-like <...>,
+    no __dunder__ (bold), no backticks, links or emphasis markers."""
+    import re
+
+    markdown = re.compile(r"<[A-Za-z/!?]|__|\*|`|\[[^\]]*\]\(|(^|\s)_\w")
+    for key, prop in _schema_fields():
+        assert not markdown.search(prop["description"]), f"{key}: {prop['description']!r}"
+
+
+@pytest.mark.parametrize("key, bounds", [
+    ("num_iterations", "Must be > 0."),
+    ("sampling.top_p", "Range: 0 < value <= 1."),
+    ("sampling.temperature", "Must be >= 0."),  # (model.lora.dropout, the one 0 <= value < 1 range, is gone)
+    ("rewards.invalid_penalty", "Must be <= 0."),
+    ("executor.pool_size", "Must be > 0."),  # optional: the bound sits in anyOf
+])
+def test_form_descriptions_show_the_bounds(key, bounds):
+    description = dict(_schema_fields())[key]["description"]
+    assert description.endswith(" " + bounds)
+    model, *path, name = [AZRConfig, *key.split(".")]
+    for section in path:
+        model = model.model_fields[section].annotation
+    assert bounds not in model.model_fields[name].description  # the YAML comment stays as written
+
+
+def test_banned_modules_may_be_one_comma_separated_text():
+    config = load_config(overrides=["executor.banned_modules=os, sys  subprocess"])
+    assert config.executor.banned_modules == ["os", "sys", "subprocess"]
+    assert AZRConfig().executor.banned_modules[:3] == ["random", "time", "datetime"]  # a list by default
+
+
 @pytest.mark.parametrize(
     "data, key, reason",
     [

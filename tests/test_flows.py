@@ -143,3 +143,5 @@ def test_failed_run_says_what_failed_and_how_to_continue(tmp_path):
     assert f"azr resume {tmp_path / 'smoke'}" in err
     assert 'stages/propose.py", line' in err  # where in azr it failed
     assert "site-packages" not in err  # not Prefect's engine frames, printed once per flow level
+    # Nothing written outside the run: Prefect keeps a raised exception in its result storage.
+    assert not (tmp_path / ".prefect" / "storage").exists()

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from azr.config import ExecutorConfig
+from azr.reaper import owner_labels
 from azr.sandbox.client import RUNNER_ENV, RUNNER_PATH, START_SECONDS, SandboxError, read_hello, sandbox_uid
 
 SANDBOX_UID = 10001  # the USER of containers/executor/Dockerfile; the pool runs each container as its own uid
@@ -135,7 +136,7 @@ class DockerWorker:
             working_dir="/tmp",
             environment={"PYTHONHASHSEED": "0", **RUNNER_ENV},
             host_config=host_config,
-            labels={"azr.sandbox": "executor"},
+            labels={"azr.sandbox": "executor", **owner_labels()},  # the owner: removed if azr is killed
         )["Id"]
         self._stream = None
         if self.decoder is not None:
