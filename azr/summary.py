@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 # The numbers a person checks first, as (column title, metric).
 SUMMARY_COLUMNS = {
-    "prop": "proposals/count", "valid": "tasks/accepted", "forced": "tasks/forced",
+    "prop": "proposals/count", "valid": "tasks/valid_rate", "forced": "tasks/forced",
     "solved": "solve_rate/all", "R prop": "reward/propose/reward", "R solve": "reward/solve/reward",
     "loss": "train/loss", "tok/s": "train/tokens_per_second", "s": "seconds/iteration",
 }
