@@ -24,7 +24,8 @@ DEFAULT_BANNED_MODULES = [
     "multiprocessing", "asyncio", "signal", "shutil", "pathlib", "io", "importlib",
     "ctypes", "builtins", "gc", "inspect", "pickle", "marshal", "tempfile", "urllib",
     "http", "requests", "uuid", "secrets", "resource", "pty", "fcntl", "mmap", "sched",
-    "concurrent", "code", "codeop", "pdb", "faulthandler", "sysconfig", "site",
+    "concurrent", "code", "codeop", "pdb", "faulthandler", "sysconfig", "site", "posix", "nt", "_thread",
+    "logging",
 ]
 
 
@@ -92,7 +93,10 @@ class RewardsConfig(Section):
     learnability_at_extremes: float = Field(
         0.0, description="Learnability when the solve rate is 0 or 1 (paper: 0; reference code: -0.5)."
     )
-    invalid_penalty: float = Field(-1.0, le=0.0, description="Proposer reward for a rejected proposal.")
+    invalid_penalty: float = Field(-1.0, le=0.0, description="Proposer reward for a rejected proposal (other than a duplicate).")
+    duplicate_penalty: float = Field(
+        -0.5, le=0.0, description="Proposer reward for a proposal rejected as a duplicate or near duplicate of a buffer task."
+    )
     wrong_format_penalty: float = Field(-0.5, le=0.0, description="Solver reward: wrong but well formed (outside force acceptance).")
     malformed_penalty: float = Field(-1.0, le=0.0, description="Solver reward: malformed answer (outside force acceptance).")
     advantage_eps: float = Field(1e-6, gt=0.0, description="Epsilon in the TRR++ normalisation (r - mean) / (std + eps).")
@@ -124,7 +128,8 @@ class ExecutorConfig(Section):
     )
     banned_modules: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BANNED_MODULES),
-        description="Modules a program may not import (checked on the AST, including __import__/importlib).",
+        description="Modules a program may not import or reach through another module's attribute (checked on the AST "
+        "and at run time; `_name` counts as `name`). Empty: no banned imports and no purity checks (for testing the sandbox).",
     )
 
 

@@ -19,7 +19,8 @@ SAMPLE_COLUMNS = ["prompt_ids", "response_ids", "logprobs"]
 def _solver_rows(solutions: list[dict], forced: bool, config: AZRConfig) -> list[dict]:
     rows = []
     for s in solutions:
-        correctness, fmt = rewards.solver_reward(s["correct"], s["parsed"], forced, config.rewards)
+        well_formed = rewards.well_formed(s["parsed"], s["check_status"])  # not a literal: a format error
+        correctness, fmt = rewards.solver_reward(s["correct"], well_formed, forced, config.rewards)
         rows.append({
             "run": s["run"], "iteration": s["iteration"], "task_id": s["task_id"], "task_type": s["task_type"],
             "role": "solve", "sample": s["sample"], **{c: s[c] for c in SAMPLE_COLUMNS},
@@ -47,7 +48,8 @@ def _proposer_rows(proposals: list[dict], tasks: dict[str, dict], solve_rates: d
             "role": "propose", "sample": 0, **{c: p[c] for c in SAMPLE_COLUMNS},
             "valid": valid, "solve_rate": rate if valid else None, "learnability": learn, "diversity": div,
             "complexity": comp, "format": 0.0, "correctness": 0.0,
-            "reward": rewards.proposer_reward(valid, rate, div, comp, config.rewards),
+            "reward": rewards.proposer_reward(valid, rate, div, comp, config.rewards) if valid
+            else rewards.rejection_reward(task["reason"], config.rewards),
         })
     return rows
 

@@ -103,9 +103,23 @@ def hand_written_proposals(run: RunDir, iteration: int, buffer: pd.DataFrame) ->
     base = {"run": run.name, "iteration": iteration, "prompt": "", "prompt_ids": [1], "response": "",
             "response_ids": [2], "logprobs": [-0.1], "finish_reason": "stop", "inputs": None, "message": None,
             "reference_ids": [], "generate_seconds": 0.0}
+    known = buffer.iloc[1]  # def f(nums): return sorted(set(nums), reverse=True), on [3, 1, 2, 3]
+    renamed = known["program"].replace("nums", "values").replace("    return", "    # a comment\n    return")
     rows = [
         {**base, "task_id": "dup", "task_type": "deduction", "parsed": True, "parse_reason": None,
-         "program": buffer.iloc[1]["program"], "input": "[4, 4, 2]"},
+         "program": known["program"], "input": known["input"].replace(" ", "")},  # the same task, respelled
+        {**base, "task_id": "near", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": renamed, "input": known["input"]},
+        {**base, "task_id": "new_input", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": known["program"], "input": "[4, 4, 2]"},
+        {**base, "task_id": "called", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": known["program"].replace("sorted(", "list(").replace(", reverse=True", ""), "input": known["input"]},
+        {**base, "task_id": "expression", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": "def f(x):\n    return x * 3", "input": "sorted([3, 1])"},
+        {**base, "task_id": "repeats", "task_type": "induction", "parsed": True, "parse_reason": None,
+         "program": known["program"], "input": None, "inputs": ["[1, 2]", "[1,2]", "[1, 2]"], "message": "m"},
+        {**base, "task_id": "io", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": "def f(p):\n    return open(p).read()[:50]", "input": "'/etc/passwd'"},
         {**base, "task_id": "fresh", "task_type": "abduction", "parsed": True, "parse_reason": None,
          "program": "def g(s, n):\n    out = []\n    for i, ch in enumerate(s):\n        out.append(ch * ((i % n) + 1))\n    return '-'.join(out)",
          "input": "'abc', 2"},
@@ -131,17 +145,27 @@ def test_force_acceptance_before_and_after_threshold(tmp_path, iteration, thresh
     assert not tasks.at["broken", "accepted"] and tasks.at["broken", "reason"] == "syntax"
     assert not tasks.at["banned", "accepted"] and tasks.at["banned", "reason"] == "banned"
     assert not tasks.at["unparsed", "accepted"] and tasks.at["unparsed", "reason"] == "no_answer_tag"
+    assert not tasks.at["expression", "accepted"] and tasks.at["expression", "reason"] == "not_literal"
+    assert not tasks.at["repeats", "accepted"] and tasks.at["repeats", "reason"] == "repeated_inputs"
+    assert not tasks.at["io", "accepted"] and tasks.at["io", "reason"] == "impure"
     assert tasks.at["fresh", "accepted"] and tasks.at["fresh", "forced"] == forced
     assert tasks.at["fresh", "program"].startswith("def f(")  # the first function is renamed f
     assert tasks.at["fresh", "output"] == "'a-bb-c'"
-    # a copy of a buffer program: waived under force acceptance, rejected after it
-    assert tasks.at["dup", "accepted"] == forced
+    # a copy of a buffer task: waived under force acceptance, rejected after it
+    assert tasks.at["dup", "accepted"] == forced and tasks.at["near", "accepted"] == forced
     if forced:
-        assert pd.isna(tasks.at["dup", "reason"])
+        assert pd.isna(tasks.at["dup", "reason"]) and pd.isna(tasks.at["near", "reason"])
     else:
-        assert tasks.at["dup", "reason"] == "duplicate"
+        assert tasks.at["dup", "reason"] == "duplicate" and tasks.at["near", "reason"] == "near_duplicate"
+    # a known program on a new input, or another function called on the same input, is a new task
+    assert tasks.at["new_input", "accepted"] and tasks.at["called", "accepted"]
     assert tasks["accepted"].sum() == 5  # topped up from the buffer
     assert (tasks.loc[tasks["source"] == "buffer", "forced"] == False).all()  # noqa: E712
+    if not forced:  # a duplicate is a real task: the milder penalty; anything else rejected: the invalid one
+        solve(config, run, iteration)
+        rewards = read_table(score(config, run, iteration)).query("role == 'propose'").set_index("task_id")["reward"]
+        assert rewards["dup"] == rewards["near"] == config.rewards.duplicate_penalty == -0.5
+        assert (rewards[["broken", "banned", "unparsed", "expression", "repeats", "io"]] == config.rewards.invalid_penalty).all()
 
 
 def test_missing_or_corrupt_stage_input_is_named(tmp_path):

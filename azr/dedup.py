@@ -1,0 +1,145 @@
+"""Duplicate and near-duplicate tasks, and the program representation the diversity reward shares.
+
+A task is its program and its input (for induction, its set of inputs), compared by value: `[1,2]` and
+`[1, 2]` are one input (`azr.literals`). Two rules, both keyed on the task (design.md section 5):
+
+- duplicate: the same task type, the same program text once formatting and comments are gone, the
+  same input(s). A hashed key: one set lookup per proposal.
+- near duplicate: the same task type and input(s), the same vocabulary (every constant, every name the
+  program does not bind itself, such as `sorted` or `len`, every attribute such as `.upper`, every
+  keyword), and a token structure with local names replaced by their order of first use whose 3-gram
+  Jaccard similarity is at least `NEAR_DUPLICATE_JACCARD`. Renaming variables, reformatting, or moving
+  a little code around keeps a near duplicate; calling another function or changing a constant does not.
+  The exact vocabulary is a hashed bucket, so a proposal is compared with the few buffer programs that
+  share it, not with the whole buffer.
+
+Fingerprints are cached by program text, so a buffer is fingerprinted once per process, not per proposal.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from azr.literals import arguments_key
+from azr.sandbox.safety import bound_names
+
+NEAR_DUPLICATE_JACCARD = 0.8  # 3-gram Jaccard at which two programs with one vocabulary count as copies
+SHINGLE = 3
+FINGERPRINT_CACHE = 20_000  # programs kept fingerprinted: the default buffer cap (5,000) four times over
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What dedup and diversity know of a program (empty fields for a program that does not parse)."""
+
+    text: str  # ast.dump of the program: formatting and comments do not count
+    vocabulary: tuple[str, ...]  # sorted constants, free names, attributes and keywords
+    shingles: frozenset[tuple[str, ...]]  # 3-grams of the token sequence, local names numbered
+
+
+@functools.lru_cache(maxsize=FINGERPRINT_CACHE)
+def fingerprint(program: str) -> Fingerprint:
+    try:
+        tree = ast.parse(program)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return Fingerprint(program.strip(), (), frozenset())
+    imported = {(a.asname or a.name).partition(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    local = bound_names(tree) - imported
+    numbers: dict[str, str] = {}
+    tokens, vocabulary = [], set()
+    for node in _preorder(tree):
+        token, word = _token(node, local, numbers)
+        tokens.append(token)
+        if word is not None:
+            vocabulary.add(word)
+    shingles = frozenset(tuple(tokens[i:i + SHINGLE]) for i in range(max(1, len(tokens) - SHINGLE + 1)))
+    return Fingerprint(ast.dump(tree), tuple(sorted(vocabulary)), shingles)
+
+
+def _preorder(node: ast.AST) -> Iterable[ast.AST]:
+    stack = [node]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, ast.expr_context):
+            continue
+        yield node
+        stack.extend(reversed(list(ast.iter_child_nodes(node))))
+
+
+def _token(node: ast.AST, local: set[str], numbers: dict[str, str]) -> tuple[str, str | None]:
+    """(structure token, vocabulary word or None): local names become v0, v1, ... in order of first use."""
+    def number(name: str) -> str:
+        return numbers.setdefault(name, f"v{len(numbers)}")
+
+    if isinstance(node, ast.Name):
+        return (number(node.id), None) if node.id in local else (node.id, "name:" + node.id)
+    if isinstance(node, ast.arg):
+        return number(node.arg), None
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return f"{type(node).__name__}:{number(node.name)}", None
+    if isinstance(node, ast.Attribute):
+        return "." + node.attr, "attr:" + node.attr
+    if isinstance(node, ast.keyword):
+        return f"{node.arg}=", f"keyword:{node.arg}"
+    if isinstance(node, ast.Constant):
+        text = f"{type(node.value).__name__}:{node.value!r:.200}"
+        return text, "const:" + text
+    return type(node).__name__, None
+
+
+def jaccard(a: Fingerprint, b: Fingerprint) -> float:
+    """Structural similarity of two programs in [0, 1] (1 for two that do not parse)."""
+    if not a.shingles and not b.shingles:
+        return 1.0
+    return len(a.shingles & b.shingles) / len(a.shingles | b.shingles)
+
+
+def max_similarity(program: str, others: Iterable[str]) -> float:
+    """Highest `jaccard` of `program` to any of `others` (0 when there are none): the diversity reward's distance."""
+    mine = fingerprint(program)
+    return max((jaccard(mine, fingerprint(other)) for other in others), default=0.0)
+
+
+def inputs_key(task_type: str, task: dict[str, Any]) -> str:
+    """The task's input (deduction, abduction) or its set of inputs (induction), compared by value."""
+    texts = list(task["inputs"]) if task_type == "induction" else [task["input"]]
+    keys = sorted({arguments_key(text) or "raw:" + text.strip() for text in texts})
+    return "|".join(keys)
+
+
+def task_key(task: dict[str, Any]) -> str:
+    """The exact-duplicate key of a task: type, program text without formatting, input(s) by value."""
+    text = f"{task['task_type']}\0{fingerprint(task['program']).text}\0{inputs_key(task['task_type'], task)}"
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _bucket(task: dict[str, Any]) -> tuple[str, tuple[str, ...], str]:
+    return task["task_type"], fingerprint(task["program"]).vocabulary, inputs_key(task["task_type"], task)
+
+
+class TaskIndex:
+    """The buffer's tasks, indexed for `duplicate` / `near_duplicate` in constant time per proposal."""
+
+    def __init__(self, tasks: Iterable[dict[str, Any]] = ()):
+        self.keys: set[str] = set()
+        self.buckets: dict[tuple, list[Fingerprint]] = defaultdict(list)
+        for task in tasks:
+            self.add(task)
+
+    def add(self, task: dict[str, Any]) -> None:
+        self.keys.add(task_key(task))
+        self.buckets[_bucket(task)].append(fingerprint(task["program"]))
+
+    def reason(self, task: dict[str, Any]) -> str | None:
+        """`duplicate`, `near_duplicate` or None for a task that is new."""
+        if task_key(task) in self.keys:
+            return "duplicate"
+        mine = fingerprint(task["program"])
+        if any(jaccard(mine, other) >= NEAR_DUPLICATE_JACCARD for other in self.buckets.get(_bucket(task), ())):
+            return "near_duplicate"
+        return None
