@@ -7,8 +7,9 @@ A task is its program and its input (for induction, its set of inputs), compared
   same input(s). A hashed key: one set lookup per proposal.
 - near duplicate: the same task type and input(s), the same vocabulary (every constant, every name the
   program does not bind itself, such as `sorted` or `len`, every attribute such as `.upper`, every
-  keyword), and a token structure with local names replaced by their order of first use whose 3-gram
-  Jaccard similarity is at least `NEAR_DUPLICATE_JACCARD`. Renaming variables, reformatting, or moving
+  keyword and operator), and a token structure whose 3-gram Jaccard similarity is at least
+  `NEAR_DUPLICATE_JACCARD`; in it the parameters of the first function are p0, p1, ... by position and
+  every other local name is v, so renaming changes nothing and an added statement changes little. Renaming variables, reformatting, or moving
   a little code around keeps a near duplicate; calling another function or changing a constant does not.
   The exact vocabulary is a hashed bucket, so a proposal is compared with the few buffer programs that
   share it, not with the whole buffer.
@@ -38,8 +39,8 @@ class Fingerprint:
     """What dedup and diversity know of a program (empty fields for a program that does not parse)."""
 
     text: str  # ast.dump of the program: formatting and comments do not count
-    vocabulary: tuple[str, ...]  # sorted constants, free names, attributes and keywords
-    shingles: frozenset[tuple[str, ...]]  # 3-grams of the token sequence, local names numbered
+    vocabulary: tuple[str, ...]  # sorted constants, free names, attributes, keywords and operators
+    shingles: frozenset[tuple[str, ...]]  # 3-grams of the token sequence, local names made anonymous
 
 
 @functools.lru_cache(maxsize=FINGERPRINT_CACHE)
@@ -49,11 +50,14 @@ def fingerprint(program: str) -> Fingerprint:
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return Fingerprint(program.strip(), (), frozenset())
     imported = {(a.asname or a.name).partition(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
-    local = bound_names(tree) - imported
-    numbers: dict[str, str] = {}
+    local = dict.fromkeys(bound_names(tree) - imported, "v")
+    first = next((n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))), None)
+    if first is not None:
+        arguments = first.args
+        local.update((a.arg, f"p{i}") for i, a in enumerate([*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]))
     tokens, vocabulary = [], set()
     for node in _preorder(tree):
-        token, word = _token(node, local, numbers)
+        token, word = _token(node, local)
         tokens.append(token)
         if word is not None:
             vocabulary.add(word)
@@ -71,17 +75,14 @@ def _preorder(node: ast.AST) -> Iterable[ast.AST]:
         stack.extend(reversed(list(ast.iter_child_nodes(node))))
 
 
-def _token(node: ast.AST, local: set[str], numbers: dict[str, str]) -> tuple[str, str | None]:
-    """(structure token, vocabulary word or None): local names become v0, v1, ... in order of first use."""
-    def number(name: str) -> str:
-        return numbers.setdefault(name, f"v{len(numbers)}")
-
+def _token(node: ast.AST, local: dict[str, str]) -> tuple[str, str | None]:
+    """(structure token, vocabulary word or None); a local name is its anonymous token (p0, v)."""
     if isinstance(node, ast.Name):
-        return (number(node.id), None) if node.id in local else (node.id, "name:" + node.id)
+        return (local[node.id], None) if node.id in local else (node.id, "name:" + node.id)
     if isinstance(node, ast.arg):
-        return number(node.arg), None
+        return local.get(node.arg, "v"), None
     if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return f"{type(node).__name__}:{number(node.name)}", None
+        return type(node).__name__, None
     if isinstance(node, ast.Attribute):
         return "." + node.attr, "attr:" + node.attr
     if isinstance(node, ast.keyword):
@@ -89,6 +90,8 @@ def _token(node: ast.AST, local: set[str], numbers: dict[str, str]) -> tuple[str
     if isinstance(node, ast.Constant):
         text = f"{type(node.value).__name__}:{node.value!r:.200}"
         return text, "const:" + text
+    if isinstance(node, (ast.operator, ast.unaryop, ast.cmpop, ast.boolop)):
+        return type(node).__name__, "op:" + type(node).__name__
     return type(node).__name__, None
 
 

@@ -61,6 +61,8 @@ def parse_arguments(text: str) -> Parsed:
         for keyword in call.keywords:
             if keyword.arg is None:
                 raise NotLiteral("it uses **-unpacking")
+            if keyword.arg in kwargs:
+                raise NotLiteral(f"it repeats the keyword {keyword.arg!r}")
             kwargs[keyword.arg] = literal_node(keyword.value)
         return Parsed(True, (args, kwargs))
     except NotLiteral as exc:

@@ -178,6 +178,18 @@ def test_runtime_guard_refuses_banned_import_the_ast_cannot_see(sandbox):
     assert answers[0]["status"] == "banned"
 
 
+@pytest.mark.parametrize("program", [
+    "def f(p):\n    return open(p).read()[:50]",  # the host's AST check
+    "import codecs\ndef f(p):\n    return codecs.open(p).read()[:50]",  # the runner's audit hook
+    "import linecache\ndef f(p):\n    return linecache.getline(p, 1)",
+    "import getpass\ndef f(p):\n    return getpass.getuser()",  # the runner's guarded os.environ
+])
+def test_a_program_whose_output_depends_on_files_or_the_environment_is_impure(sandbox, program):
+    result = validate_one(sandbox, program, ["'/etc/passwd'"])
+    assert result.status == "impure", (result.status, result.error)
+    assert result.error.endswith("a task must be a pure function of its input")
+
+
 def test_caught_banned_import_is_still_banned(sandbox):
     program = "def f(x):\n    try:\n        exec('import socket')\n    except ImportError:\n        pass\n    return 1"
     answers = sandbox.run([{"kind": "validate", "program": program, "inputs": ["1"], "runs": 2, "banned": ["socket"]}])

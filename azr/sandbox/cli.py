@@ -34,7 +34,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".parquet":
         import pandas as pd
 
-        return pd.read_parquet(path).to_dict("records")
+        rows = pd.read_parquet(path).to_dict("records")  # a missing string reads as NaN: make it None again
+        return [{k: None if isinstance(v, float) and v != v else v for k, v in row.items()} for row in rows]
     if path.suffix not in (".jsonl", ".json"):
         raise fail(f"{path}: expected a .jsonl or .parquet file")
     rows = []

@@ -434,14 +434,15 @@ def literal_arguments(text):
     try:
         if not (_type(call) is ast.Call and _type(call.func) is ast.Name and call.func.id == "f"):
             raise NotLiteral("it is not the argument list of one call f(...)")
-        if any(keyword.arg is None for keyword in call.keywords):
-            raise NotLiteral("it uses **-unpacking")
+        names = [keyword.arg for keyword in call.keywords]
+        if None in names or _len(_set(names)) < _len(names):
+            raise NotLiteral("it uses **-unpacking or repeats a keyword")
         for node in [*call.args, *(keyword.value for keyword in call.keywords)]:
             literal_node(node)
-    except (NotLiteral, TypeError) as exc:
+        call.func.id = "_arguments"
+        return _compile(tree, "<answer>", "eval")
+    except (NotLiteral, TypeError, _SyntaxError, ValueError, RecursionError) as exc:
         raise Failure("not_literal", f"answer is not a literal argument list: {exc}") from None
-    call.func.id = "_arguments"
-    return _compile(tree, "<answer>", "eval")
 
 
 def _arguments(*args, **kwargs):
@@ -1016,6 +1017,9 @@ class Server:
             payload = _marshal_dumps(compiled)
         except Failure as exc:
             self.send({"id": job.get("id"), "status": exc.status, "error": exc.error, "error_type": exc.error_type, "seconds": 0.0})
+            return
+        except (RecursionError, _MemoryError, ValueError, TypeError) as exc:  # the compiler gave up: not a usable job
+            self.send({"id": job.get("id"), "status": "malformed", "error": f"cannot compile the job: {_type(exc).__name__}: {exc}"[:500], "seconds": 0.0})
             return
         if len(payload) > MAX_JOB_BYTES:
             self.send({"id": job.get("id"), "status": "malformed", "error": f"job is {len(payload)} bytes compiled; the limit is {MAX_JOB_BYTES}"})
