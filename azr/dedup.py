@@ -11,8 +11,9 @@ A task is its program and its input (for induction, its set of inputs), compared
   `NEAR_DUPLICATE_JACCARD`; in it the parameters of the first function are p0, p1, ... by position and
   every other local name is v, so renaming changes nothing and an added statement changes little. Renaming variables, reformatting, or moving
   a little code around keeps a near duplicate; calling another function or changing a constant does not.
-  The exact vocabulary is a hashed bucket, so a proposal is compared with the few buffer programs that
-  share it, not with the whole buffer.
+  The exact vocabulary is a hashed bucket holding each distinct structure once (renamed copies are
+  one entry), so a proposal is compared with the few buffer programs that share it, not with the
+  whole buffer.
 
 Fingerprints are cached by program text, so a buffer is fingerprinted once per process, not per proposal.
 """
@@ -97,9 +98,11 @@ def _token(node: ast.AST, local: dict[str, str]) -> tuple[str, str | None]:
 
 def jaccard(a: Fingerprint, b: Fingerprint) -> float:
     """Structural similarity of two programs in [0, 1] (1 for two that do not parse)."""
-    if not a.shingles and not b.shingles:
-        return 1.0
-    return len(a.shingles & b.shingles) / len(a.shingles | b.shingles)
+    return _jaccard(a.shingles, b.shingles)
+
+
+def _jaccard(a: frozenset, b: frozenset) -> float:
+    return len(a & b) / len(a | b) if a or b else 1.0
 
 
 def max_similarity(program: str, others: Iterable[str]) -> float:
@@ -130,19 +133,19 @@ class TaskIndex:
 
     def __init__(self, tasks: Iterable[dict[str, Any]] = ()):
         self.keys: set[str] = set()
-        self.buckets: dict[tuple, list[Fingerprint]] = defaultdict(list)
+        self.buckets: dict[tuple, set[frozenset]] = defaultdict(set)
         for task in tasks:
             self.add(task)
 
     def add(self, task: dict[str, Any]) -> None:
         self.keys.add(task_key(task))
-        self.buckets[_bucket(task)].append(fingerprint(task["program"]))
+        self.buckets[_bucket(task)].add(fingerprint(task["program"]).shingles)
 
     def reason(self, task: dict[str, Any]) -> str | None:
         """`duplicate`, `near_duplicate` or None for a task that is new."""
         if task_key(task) in self.keys:
             return "duplicate"
-        mine = fingerprint(task["program"])
-        if any(jaccard(mine, other) >= NEAR_DUPLICATE_JACCARD for other in self.buckets.get(_bucket(task), ())):
+        mine = fingerprint(task["program"]).shingles
+        if any(_jaccard(mine, other) >= NEAR_DUPLICATE_JACCARD for other in self.buckets.get(_bucket(task), ())):
             return "near_duplicate"
         return None

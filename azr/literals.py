@@ -12,6 +12,7 @@ it is how inputs are compared by value (deduplication) rather than by spelling.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -75,6 +76,7 @@ def literal_key(text: str) -> str | None:
     return canonical_text(parsed.value) if parsed.ok else None
 
 
+@functools.lru_cache(maxsize=20_000)  # buffer inputs are keyed again every iteration
 def arguments_key(text: str) -> str | None:
     """Canonical text of an argument list's values, or None when it is not a literal argument list."""
     parsed = parse_arguments(text)
