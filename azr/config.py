@@ -24,8 +24,7 @@ DEFAULT_BANNED_MODULES = [
     "multiprocessing", "asyncio", "signal", "shutil", "pathlib", "io", "importlib",
     "ctypes", "builtins", "gc", "inspect", "pickle", "marshal", "tempfile", "urllib",
     "http", "requests", "uuid", "secrets", "resource", "pty", "fcntl", "mmap", "sched",
-    "concurrent", "code", "codeop", "pdb", "faulthandler", "sysconfig", "site", "posix", "nt", "_thread",
-    "logging",
+    "concurrent", "code", "codeop", "pdb", "faulthandler", "sysconfig", "site",
 ]
 
 
@@ -129,7 +128,8 @@ class ExecutorConfig(Section):
     banned_modules: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BANNED_MODULES),
         description="Modules a program may not import or reach through another module's attribute (checked on the AST "
-        "and at run time; `_name` counts as `name`). Empty: no banned imports and no purity checks (for testing the sandbox).",
+        "and at run time; `_name` counts as `name`, `posix` and `nt` as `os`, `_thread` as `threading`). Empty: no banned "
+        "imports and no purity checks (for testing the sandbox).",
     )
 
 

@@ -190,6 +190,14 @@ def test_a_program_whose_output_depends_on_files_or_the_environment_is_impure(sa
     assert result.error.endswith("a task must be a pure function of its input")
 
 
+@pytest.mark.parametrize("module", ["po' + 'six", "_ran' + 'dom", "_thr' + 'ead"])
+def test_runtime_guard_knows_a_module_under_its_other_name(sandbox, module):
+    """`posix` is `os`, `_random` is `random`, `_thread` is `threading`, also when the name is built at run time."""
+    program = f"def f(x):\n    exec('import ' + '{module}')\n    return 1"
+    answers = sandbox.run([{"kind": "validate", "program": program, "inputs": ["1"], "runs": 2, "banned": ["os", "random", "threading"]}])
+    assert answers[0]["status"] == "banned"
+
+
 def test_caught_banned_import_is_still_banned(sandbox):
     program = "def f(x):\n    try:\n        exec('import socket')\n    except ImportError:\n        pass\n    return 1"
     answers = sandbox.run([{"kind": "validate", "program": program, "inputs": ["1"], "runs": 2, "banned": ["socket"]}])

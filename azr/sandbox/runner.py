@@ -96,13 +96,22 @@ class BannedImport(ImportError):
 # ---------------------------------------------------------------- inside the child
 
 
-_banned = frozenset()  # set in each child, before the program runs
+_banned = frozenset()  # set in each child, before the program runs (module_key of each name)
 _default_banned = frozenset()  # the config's list, set once by the zygote
 _hits = []  # banned imports the program attempted, even ones it caught
 
 
+MODULE_ALIASES = {"posix": "os", "nt": "os", "thread": "threading", "posixsubprocess": "subprocess"}  # as in safety.py
+
+
+def module_key(name):
+    """`_random` is banned as `random`, `posix` as `os` (azr/sandbox/safety.py has the same rule)."""
+    top = name.partition(".")[0].lstrip("_")
+    return MODULE_ALIASES.get(top, top)
+
+
 def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
-    if level == 0 and name.partition(".")[0] in _banned:
+    if level == 0 and module_key(name) in _banned:
         _hits.append(name)
         raise BannedImport(f"import of banned module {name!r}")
     return _real_import(name, globals, locals, fromlist, level)
@@ -530,7 +539,7 @@ def compile_job(job):
     config's list (unmarshalling 39 names in each child was 18 page faults).
     """
     kind = job["kind"]
-    compiled = {"kind": kind, "runs": job.get("runs", 1), "banned": frozenset(job["banned"]) if "banned" in job else None}
+    compiled = {"kind": kind, "runs": job.get("runs", 1), "banned": frozenset(map(module_key, job["banned"])) if "banned" in job else None}
     if kind != "deduction":
         compiled["program"] = compile_program(job["program"])
     if kind in ("validate", "induction"):
@@ -702,7 +711,7 @@ def warm_up(config):
 def zygote_main(control, config):
     """Fork a child per job message; report starts and exits; kill processes that escape."""
     global _default_banned
-    _default_banned = frozenset(config["banned"])
+    _default_banned = frozenset(map(module_key, config["banned"]))
     warm_up(config)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):  # the server's protocol streams are none of a child's business

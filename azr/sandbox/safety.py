@@ -44,9 +44,15 @@ def _banned_attribute(banned_modules: tuple[str, ...]) -> re.Pattern:
     return re.compile(r"\.(?:[\s\\]|#[^\n]*)*_*(?:" + names + r")\b")
 
 
+# Modules that are another module under a second name: banning the one bans the other (runner.py agrees).
+MODULE_ALIASES = {"posix": "os", "nt": "os", "thread": "threading", "posixsubprocess": "subprocess"}
+
+
 def module_key(name: str) -> str:
-    """The name a module is banned by: its top package without leading underscores (`_random` is `random`)."""
-    return name.partition(".")[0].lstrip("_")
+    """The name a module is banned by: its top package without leading underscores (`_random` is
+    `random`), its public name for an implementation module (`posix` is `os`)."""
+    top = name.partition(".")[0].lstrip("_")
+    return MODULE_ALIASES.get(top, top)
 
 
 def banned_import(tree: ast.AST, banned_modules: list[str]) -> str | None:
