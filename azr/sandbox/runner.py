@@ -23,6 +23,7 @@ import ast
 import builtins
 import collections
 import collections.abc
+import gc
 import json
 import marshal
 import os
@@ -720,6 +721,8 @@ def zygote_main(control, config):
         os.close(devnull)
     limit_zygote(config)
     install_purity_guards()
+    gc.collect()
+    gc.freeze()  # what warm-up and the guards made: a child's collections then leave their pages alone
     if _libc is not None:
         _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: escaped grandchildren are re-parented to us
     poller = select.poll()
@@ -1219,8 +1222,6 @@ def main():
     connect_stdio(sys.argv[1:])
     config, rest = read_config()
     network = unshare_network() if config["unshare_net"] else None
-    import gc
-
     gc.collect()
     gc.freeze()  # children then do not copy-on-write every page when they collect
     server = Server(config)
