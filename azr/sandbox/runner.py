@@ -121,6 +121,15 @@ def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
 _real_import = _BUILTINS["__import__"]
 
 
+# One builtins dict for programs, made once: each child is a fresh fork, so what a program does to
+# it never reaches another program, and no child pays for copying it.
+_PROGRAM_BUILTINS = {**_BUILTINS, "__import__": guarded_import}
+
+
+def program_globals():
+    return {"__builtins__": _PROGRAM_BUILTINS, "__name__": "__main__"}
+
+
 # ---------------------------------------------------------------- purity: what a task's program may not touch
 #
 # A task must be a pure function of its input (design.md section 5). The host refuses what the AST shows
@@ -240,13 +249,6 @@ def install_purity_guards():
                 setattr(module, name, guard(getattr(module, name), f"{module_name}.{name}", what))
     os.environ, os.environb = GuardedEnviron("os.environ"), GuardedEnviron("os.environb")
     sys.addaudithook(audit)
-# One builtins dict for programs, made once: each child is a fresh fork, so what a program does to
-# it never reaches another program, and no child pays for copying it.
-_PROGRAM_BUILTINS = {**_BUILTINS, "__import__": guarded_import}
-
-
-def program_globals():
-    return {"__builtins__": _PROGRAM_BUILTINS, "__name__": "__main__"}
 
 
 def compile_program(source):
