@@ -7,13 +7,14 @@ A buffer is a DataFrame with the columns of ``BUFFER_COLUMNS`` (DESIGN.md sectio
 
 from __future__ import annotations
 
-import ast
 import json
 from importlib import resources
 
 import numpy as np
 import pandas as pd
 
+from azr.dedup import task_key
+from azr.literals import arguments_key
 from azr.schemas import BUFFER
 
 BUFFER_COLUMNS = BUFFER.names
@@ -25,25 +26,17 @@ def seed_programs() -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
-def normalised(program: str) -> str:
-    """Program text with formatting and comments removed, for exact-duplicate detection."""
-    try:
-        return ast.dump(ast.parse(program))
-    except SyntaxError:
-        return program.strip()
-
-
 def add_tasks(buffer: pd.DataFrame, tasks: pd.DataFrame, max_size: int) -> pd.DataFrame:
-    """Append tasks whose program is not already in the buffer as the same task type; cap at ``max_size``.
+    """Append tasks that are not already in the buffer (`azr.dedup.task_key`: the same type, program and
+    input(s) by value); cap at ``max_size``.
 
-    An induction task reuses a buffer program with new inputs, so it may join beside that program's
-    deduction triplet once; the same program never joins twice as the same type.
+    A known program with a new input is a new task, and so is an induction task on a buffer program.
     The cap drops the oldest non-seed tasks first, so the seed set always stays.
     """
-    seen = {(t, normalised(p)) for t, p in zip(buffer["task_type"], buffer["program"])}
+    seen = {task_key(task) for task in buffer.to_dict("records")}
     keep = []
     for _, task in tasks.iterrows():
-        key = (task["task_type"], normalised(task["program"]))
+        key = task_key(task)
         if key not in seen:
             seen.add(key)
             keep.append({column: task.get(column) for column in BUFFER_COLUMNS})
@@ -62,5 +55,5 @@ def sample_references(buffer: pd.DataFrame, k: int, rng: np.random.Generator) ->
 
 
 def induction_candidates(buffer: pd.DataFrame, min_pairs: int) -> pd.DataFrame:
-    """Tasks with enough input/output pairs to be posed as induction tasks."""
-    return buffer[buffer["inputs"].map(lambda xs: xs is not None and len(xs) >= min_pairs)]
+    """Tasks with enough input/output pairs, distinct by value, to be posed as induction tasks."""
+    return buffer[buffer["inputs"].map(lambda xs: xs is not None and len({arguments_key(x) or x for x in xs}) >= min_pairs)]

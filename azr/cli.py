@@ -1,4 +1,4 @@
-"""Library-level `azr` commands (config, sandbox, model, validate, score).
+"""Library-level `azr` commands (config, sandbox, model, validate, check, score).
 
 The console script is `flows.cli:app`, which adds the run-level commands on top of this app,
 so that `azr` never imports `stages` or `flows`.
@@ -146,4 +146,4 @@ def report_command(
 
 
 import azr.eval_cli  # noqa: E402,F401  registers `azr eval` and `azr compare` on app
-import azr.sandbox.cli  # noqa: E402,F401  registers `azr validate`, `azr score cruxeval` and `azr sandbox build` on app
+import azr.sandbox.cli  # noqa: E402,F401  registers `azr validate`, `azr check`, `azr score cruxeval` and `azr sandbox build` on app

@@ -179,6 +179,11 @@ class RewardsConfig(Section):
         description="Under force acceptance: proposer rewards for invalid proposals by how far they got, so that "
         "the proposer has a direction to climb (a proposal that cannot be read gets invalid_penalty).", title="Ladder of invalid proposals",
     )
+    duplicate_penalty: float = Field(
+        -0.25, le=0.0,
+        description="Proposer reward for a proposal rejected as a duplicate or near duplicate of a buffer task (a real "
+        "task, only not new: milder than wrong_task_penalty).", title="Duplicate penalty",
+    )
     wrong_format_penalty: float = Field(-0.5, le=0.0, description="Solver reward: wrong but well formed (outside force acceptance).", title="Wrong answer penalty")
     malformed_penalty: float = Field(-1.0, le=0.0, description="Solver reward: malformed answer (outside force acceptance).", title="Malformed answer penalty")
     advantage_eps: float = Field(1e-6, gt=0.0, description="Epsilon in the TRR++ normalisation (r - mean) / (std + eps).", title="Advantage epsilon")
@@ -212,8 +217,10 @@ class ExecutorConfig(Section):
     )
     banned_modules: NameList = Field(
         default_factory=lambda: list(DEFAULT_BANNED_MODULES),
-        description="Modules a program may not import (checked on the AST, dynamic imports and importlib included); "
-        "a list, or one text of names separated by commas.", title="Banned modules",
+        description="Modules a program may not import or reach through another module's attribute (checked on the AST "
+        "and at run time; a name with a leading underscore counts as the name, posix and nt as os, the thread module "
+        "as threading). Empty: no banned imports and no purity checks (for testing the sandbox). A list, or one text of "
+        "names separated by commas.", title="Banned modules",
     )
     dask_address: str | None = Field(
         None,

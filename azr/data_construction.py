@@ -2,7 +2,8 @@
 
 This is the place to edit the validation criteria (DESIGN.md section 5). The prompt wording itself
 lives in ``azr.prompts``; this module decides which references and pairs go into it.
-Ground-truth checks (parse, banned imports, runs, determinism) are done by the sandbox.
+Ground-truth checks are the literal rule for inputs (here, `proposal_inputs`) and what the sandbox
+checks (parse, banned imports, purity, runs, determinism); quality checks are `quality_reason`.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ import numpy as np
 import pandas as pd
 
 from azr import prompts
-from azr.buffer import induction_candidates, normalised, sample_references
+from azr.buffer import induction_candidates, sample_references
 from azr.config import AZRConfig
-from azr.rewards import complexity, max_similarity
+from azr.dedup import TaskIndex
+from azr.literals import arguments_key, parse_arguments
+from azr.rewards import complexity
 
-NEAR_DUPLICATE_SIMILARITY = 0.95  # AST-shape similarity at which a program counts as a copy
+MIN_INDUCTION_INPUTS = 2  # distinct inputs an induction task needs: one shown pair and one hidden pair
 # Seed and top-up tasks have no proposer message; the induction solver still gets a hint of the job.
 DEFAULT_INDUCTION_MESSAGE = "Find the function that maps each input to its output."
 
@@ -77,10 +80,35 @@ def solver_view(task: dict) -> dict:
 
 
 def hidden_pairs(task: dict) -> tuple[list[str], list[str]]:
-    """The induction pairs the solver did not see; its program must reproduce them."""
+    """The induction pairs the solver did not see, without any whose input equals (by value) a shown
+    one: its program must reproduce them, and a lookup table of the shown pairs cannot."""
     shown = set(task["shown"])
-    hidden = [i for i in range(len(task["inputs"])) if i not in shown]
+    seen = {arguments_key(task["inputs"][i]) or task["inputs"][i] for i in shown}
+    hidden = [i for i in range(len(task["inputs"])) if i not in shown and (arguments_key(task["inputs"][i]) or task["inputs"][i]) not in seen]
     return [task["inputs"][i] for i in hidden], [task["outputs"][i] for i in hidden]
+
+
+def distinct_inputs(inputs: list[str]) -> list[int]:
+    """Indices of the first occurrence of each input value (`[1,2]` and `[1, 2]` are one input)."""
+    first: dict[str, int] = {}
+    for index, text in enumerate(inputs):
+        first.setdefault(arguments_key(text) or text, index)
+    return sorted(first.values())
+
+
+def proposal_inputs(task_type: str, inputs: list[str]) -> tuple[list[str], str | None]:
+    """(the inputs to validate, None), or (the inputs as given, the ground-truth reason to reject them).
+
+    Every input must be a literal argument list (`not_literal`). Induction inputs are kept once per
+    value; fewer than two distinct ones leave no hidden pair (`repeated_inputs`). Force acceptance
+    waives neither: without them the task has no honest answer.
+    """
+    if not all(parse_arguments(text).ok for text in inputs):
+        return inputs, "not_literal"
+    if task_type != "induction":
+        return inputs, None
+    kept = [inputs[i] for i in distinct_inputs(inputs)]
+    return (kept, None) if len(kept) >= MIN_INDUCTION_INPUTS else (inputs, "repeated_inputs")
 
 
 def single_top_level_function(program: str) -> bool:
@@ -89,25 +117,20 @@ def single_top_level_function(program: str) -> bool:
     return len(functions) == 1
 
 
-def quality_reason(task: dict, buffer_programs: list[str], config: AZRConfig) -> str | None:
+def quality_reason(task: dict, index: TaskIndex, config: AZRConfig) -> str | None:
     """Why a valid task fails the quality checks (None when it passes). Waived under force acceptance.
 
-    Checks: single top-level function, minimum complexity, not a (near-)duplicate of a buffer
-    program, output size.
+    Checks: single top-level function, minimum complexity, not a duplicate or near duplicate of a
+    task in `index` (the buffer's, `azr.dedup`), output size.
     """
     program = task["program"]
     if not single_top_level_function(program):
         return "not_single_function"
     if complexity(program) < config.validation.min_complexity:
         return "too_simple"
-    if task["task_type"] == "induction" and len(set(task["inputs"])) < len(task["inputs"]):
-        return "repeated_inputs"
-    if task["task_type"] != "induction":
-        key = normalised(program)
-        if any(normalised(p) == key for p in buffer_programs):
-            return "duplicate"
-        if max_similarity(program, buffer_programs) >= NEAR_DUPLICATE_SIMILARITY:
-            return "near_duplicate"
+    duplicate = index.reason(task)
+    if duplicate:
+        return duplicate
     outputs = task["outputs"] if task["task_type"] == "induction" else [task["output"]]
     if any(len(o) > config.validation.max_output_chars for o in outputs):
         return "output_too_large"
@@ -115,5 +138,6 @@ def quality_reason(task: dict, buffer_programs: list[str], config: AZRConfig) ->
 
 
 def topup_candidates(buffer: pd.DataFrame, task_type: str, min_pairs: int) -> pd.DataFrame:
-    """Buffer tasks that can be posed as ``task_type`` when proposals fall short."""
+    """Buffer tasks that can be posed as ``task_type`` when proposals fall short (induction: enough
+    distinct inputs)."""
     return induction_candidates(buffer, min_pairs) if task_type == "induction" else buffer

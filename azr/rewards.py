@@ -7,9 +7,8 @@ component to its own column of ``rewards.parquet``, so a change here shows up co
 from __future__ import annotations
 
 import ast
-import difflib
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -17,6 +16,7 @@ from radon.complexity import cc_visit
 from radon.metrics import h_visit
 
 from azr.config import RewardsConfig
+from azr.dedup import max_similarity
 
 # Scales that map raw code metrics into [0, 1]; a program at or past them counts as fully complex.
 CYCLOMATIC_SCALE = 10.0
@@ -33,11 +33,21 @@ def learnability(solve_rate: float, at_extremes: float = 0.0) -> float:
     return at_extremes
 
 
+# Check statuses that make an answer malformed for the reward, though it parsed: not a literal.
+FORMAT_ERROR_STATUSES = frozenset({"not_literal"})
+DUPLICATE_REASONS = frozenset({"duplicate", "near_duplicate"})
+
+
+def well_formed(parsed: bool, check_status: str | None) -> bool:
+    """A solver answer that parsed and is of the right kind (a literal where one is due)."""
+    return parsed and check_status not in FORMAT_ERROR_STATUSES
+
+
 def solver_reward(correct: bool, parsed: bool, forced: bool, config: RewardsConfig) -> tuple[float, float]:
     """(correctness, format) for one solver rollout; the reward is their sum.
 
     Correct = 1. Otherwise 0 under force acceptance; outside it, a well-formed wrong answer gets
-    ``wrong_format_penalty`` and a malformed one ``malformed_penalty``.
+    ``wrong_format_penalty`` and a malformed one ``malformed_penalty``. ``parsed``: `well_formed`.
     """
     if correct:
         return 1.0, 0.0
@@ -48,25 +58,30 @@ def solver_reward(correct: bool, parsed: bool, forced: bool, config: RewardsConf
 
 # How far an invalid proposal got, by its rejection reason (tasks.parquet `reason`): the rungs of the
 # ladder that grades invalid proposals under force acceptance. Anything not listed here is a parse
-# reason (no program or input could be read: the bottom rung) or a quality reason.
+# reason (no program or input could be read: the bottom rung), a duplicate or a quality reason.
 LADDER_RUNGS = {
-    "syntax": "syntax",  # the program does not parse or defines no f
+    "syntax": "syntax", "not_literal": "syntax",  # the program does not parse, or an input is not a literal
     "error": "runtime", "timeout": "runtime", "memory": "runtime", "killed": "runtime",
     "nondeterministic": "impure", "impure": "impure", "banned": "impure", "bad_output": "impure",
+    "repeated_inputs": "impure",  # it is no task: too few distinct induction inputs for a hidden pair
 }
 # Every reason a quality check gives (azr.data_construction.quality_reason, and prompt_too_long).
-QUALITY_REASONS = ("not_single_function", "too_simple", "duplicate", "near_duplicate", "repeated_inputs",
-                   "output_too_large", "prompt_too_long")
+QUALITY_REASONS = ("not_single_function", "too_simple", "duplicate", "near_duplicate", "output_too_large",
+                   "prompt_too_long")
 
 
 def rejection_reward(reason: str, forced: bool, config: RewardsConfig) -> float:
     """Proposer reward for a rejected proposal.
 
-    Under force acceptance, the ladder (`config.ladder`): a proposal that cannot be read gets
-    `invalid_penalty`, then by how far it got: does not parse < fails on its input < runs but is not
-    a task (nondeterministic, impure, not plain data). Outside it, the paper's rule: `invalid_penalty`
-    for a format error, `wrong_task_penalty` for a readable proposal that is not a valid task.
+    A (near) duplicate is a real task the buffer already holds: `duplicate_penalty`, milder than any
+    invalid one. Under force acceptance, the ladder (`config.ladder`): a proposal that cannot be read
+    gets `invalid_penalty`, then by how far it got: does not parse < fails on its input < runs but is
+    not a task (nondeterministic, impure, not plain data). Outside it, the paper's rule:
+    `invalid_penalty` for a format error, `wrong_task_penalty` for a readable proposal that is not a
+    valid task.
     """
+    if reason in DUPLICATE_REASONS:
+        return config.duplicate_penalty
     rung = LADDER_RUNGS.get(reason) or ("quality" if reason in QUALITY_REASONS else "unparsed")
     if rung == "unparsed":
         return config.invalid_penalty
@@ -103,28 +118,6 @@ def complexity(program: str) -> float:
     return 0.5 * cc_part + 0.5 * volume_part
 
 
-def ast_shape(program: str) -> list[str]:
-    """The program as a sequence of AST node types: names and constants don't matter, structure does."""
-    try:
-        tree = ast.parse(program)
-    except SyntaxError:
-        return []
-    return [type(node).__name__ for node in ast.walk(tree)]
-
-
-def ast_similarity(a: Sequence[str], b: Sequence[str]) -> float:
-    """Similarity of two AST shapes in [0, 1] (difflib's ratio over node-type sequences)."""
-    if not a and not b:
-        return 1.0
-    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
-
-
-def max_similarity(program: str, others: Iterable[str]) -> float:
-    """Highest AST similarity of ``program`` to any of ``others`` (0 when there are none)."""
-    shape = ast_shape(program)
-    return max((ast_similarity(shape, ast_shape(o)) for o in others), default=0.0)
-
-
 def value_type(output_repr: str | None) -> str:
     """Type name of a value from its repr, read by parsing (never evaluating) the text."""
     if not output_repr:
@@ -141,9 +134,12 @@ def value_type(output_repr: str | None) -> str:
 
 
 def diversity(program: str, output_repr: str | None, references: Sequence[str], buffer_output_types: Counter) -> float:
-    """Diversity in [0, 1]: mean of AST distance from the closest reference and answer-type surprise.
+    """Diversity in [0, 1]: mean of the distance from the closest reference and answer-type surprise.
 
-    Surprise is ``1 - p(type)`` where p is the share of buffer outputs with this answer's type.
+    The distance is ``1 - jaccard`` over the programs' cached fingerprints, the representation the
+    near-duplicate rule uses (`azr.dedup`): names, constants and called functions count, local names
+    and formatting do not. Surprise is ``1 - p(type)`` where p is the share of buffer outputs with this
+    answer's type.
     """
     distance = 1.0 - max_similarity(program, references)
     total = sum(buffer_output_types.values())

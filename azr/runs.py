@@ -39,6 +39,7 @@ TRAIN_METRICS = ("loss", "pg_loss", "entropy", "kl", "clip_fraction", "grad_norm
 REJECTION_REASONS = (
     *(r for r in PARSE_REASONS if r != "no_answer"),  # no_answer is the solver's
     *sorted(SANDBOX_STATUSES - {"ok"}),
+    "repeated_inputs",  # too few distinct induction inputs (azr.data_construction.proposal_inputs)
     *QUALITY_REASONS,
 )
 TASK_STATUSES = ("accepted", "rejected", "forced")

@@ -5,7 +5,11 @@
 Figures:
 - validations/s: the 800 CRUXEval programs through `Sandbox.validate` (host AST checks, a fresh
   forked child per program, `determinism_runs` calls each, the repr round trip);
-- checks/s: CodeLlama's 8,000 output-prediction generations through `Sandbox.check_deduction`;
+- checks/s: CodeLlama's 8,000 output-prediction generations through `Sandbox.check_deduction` under
+  CRUXEval's rule (`expressions=True`: each answer evaluated in a forked child), the figure earlier
+  versions of this script measured; literal checks/s: the same generations under azr's literal rule
+  (what self-play and `azr eval` use: a non-literal is refused on the host, a literal is compared in the
+  runner's server without a fork);
 - the naive baseline: a fresh `python -c` subprocess per program doing the same work, one at a
   time, as the reference AZR executor runs them; and, as a stricter comparison, as many at once as
   there are CPUs. It runs on the first `--naive` items and is reported per second. (Issue #3's
@@ -64,16 +68,20 @@ def sandbox_rates(backend: str, problems: list[dict], checks: list[tuple[str, st
         startup = time.perf_counter() - started
         items = [(p["code"], [p["input"]]) for p in problems]
         sandbox.validate(items[:100])  # warm-up
-        validate, check = [], []
+        validate, check, literal = [], [], []
         for _ in range(repeats):
             t = time.perf_counter()
             results = sandbox.validate(items)
             validate.append(len(items) / (time.perf_counter() - t))
             assert all(r.status == "ok" for r in results), [r for r in results if r.status != "ok"][:3]
             t = time.perf_counter()
-            sandbox.check_deduction(checks)
+            sandbox.check_deduction(checks, expressions=True)
             check.append(len(checks) / (time.perf_counter() - t))
-    return {"startup_s": startup, "validations_per_s": statistics.median(validate), "checks_per_s": statistics.median(check)}
+            t = time.perf_counter()
+            sandbox.check_deduction(checks)
+            literal.append(len(checks) / (time.perf_counter() - t))
+    return {"startup_s": startup, "validations_per_s": statistics.median(validate), "checks_per_s": statistics.median(check),
+            "literal_checks_per_s": statistics.median(literal)}
 
 
 def main() -> None:
@@ -111,6 +119,7 @@ def main() -> None:
             f"(x{rates['validations_per_s'] / naive['validations_per_s']:.1f} naive parallel, "
             f"x{rates['validations_per_s'] / naive['validations_per_s_serial']:.1f} naive serial)  "
             f"{rates['checks_per_s']:8.1f} checks/s (x{rates['checks_per_s'] / naive['checks_per_s']:.1f})  "
+            f"{rates['literal_checks_per_s']:8.1f} literal checks/s  "
             f"pool start {rates['startup_s']:.1f} s"
         )
     print(f"load average after: {os.getloadavg()[0]:.1f}")

@@ -19,7 +19,8 @@ SAMPLE_COLUMNS = ["prompt_ids", "response_ids", "response_mask", "logprobs"]
 def _solver_rows(solutions: list[dict], forced: bool, config: AZRConfig) -> list[dict]:
     rows = []
     for s in solutions:
-        correctness, fmt = rewards.solver_reward(s["correct"], s["parsed"], forced, config.rewards)
+        well_formed = rewards.well_formed(s["parsed"], s["check_status"])  # not a literal: a format error
+        correctness, fmt = rewards.solver_reward(s["correct"], well_formed, forced, config.rewards)
         rows.append({
             "run": s["run"], "iteration": s["iteration"], "task_id": s["task_id"], "task_type": s["task_type"],
             "role": "solve", "sample": s["sample"], **{c: s[c] for c in SAMPLE_COLUMNS},

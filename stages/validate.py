@@ -12,7 +12,8 @@ import pandas as pd
 from azr import schemas
 from azr.artifacts import RunDir, read_rows, read_table, stage_complete, write_table
 from azr.config import AZRConfig
-from azr.data_construction import quality_reason, solver_view, split_induction, topup_candidates
+from azr.data_construction import distinct_inputs, proposal_inputs, quality_reason, solver_view, split_induction, topup_candidates
+from azr.dedup import TaskIndex
 from azr.model import load_tokenizer
 from azr.prompts import fits_prompt, solver_prompt
 from azr.rewards import complexity
@@ -20,30 +21,40 @@ from azr.sandbox import open_sandbox
 from azr.seeding import stage_rng
 
 
-def _proposal_inputs(row: dict) -> list[str] | None:
-    if row["task_type"] == "induction":
-        return row["inputs"]
-    return [row["input"]] if row["input"] is not None else None
+def _inputs(row: dict) -> tuple[list[str] | None, str | None]:
+    """(inputs, ground-truth reason to reject them) of a proposal; see `proposal_inputs`."""
+    texts = row["inputs"] if row["task_type"] == "induction" else [row["input"]] if row["input"] is not None else None
+    if not row["parsed"] or texts is None:
+        return texts, None
+    return proposal_inputs(row["task_type"], list(texts))
 
 
-def _judge(row: dict, result, buffer_programs: list[str], config: AZRConfig, forced: bool, rng: np.random.Generator) -> dict:
-    """One proposal's tasks.parquet row: ground truth from the sandbox, then the quality checks."""
+def _judge(row: dict, inputs: tuple[list[str] | None, str | None], result, index: TaskIndex, config: AZRConfig,
+           forced: bool, rng: np.random.Generator) -> dict:
+    """One proposal's tasks.parquet row: ground truth (literal inputs, the sandbox), then the quality checks.
+
+    An accepted task outside force acceptance joins `index`, so a copy later in the batch is a duplicate."""
     task = {
         "run": row["run"], "iteration": row["iteration"], "task_id": row["task_id"], "task_type": row["task_type"],
         "source": "proposed", "accepted": False, "forced": False, "reason": None,
-        "program": row["program"], "input": row["input"], "output": None, "inputs": _proposal_inputs(row),
+        "program": row["program"], "input": row["input"], "output": None,
+        "inputs": inputs[0],
         "outputs": None, "message": row["message"], "shown": None, "complexity": None,
         "validate_seconds": result.seconds if result else 0.0,
     }
     if not row["parsed"]:
         return {**task, "reason": row["parse_reason"] or "unparsed"}
+    if inputs[1] is not None:
+        return {**task, "reason": inputs[1]}
     if result.status != "ok":
         return {**task, "reason": result.status}
     task.update(program=result.program, outputs=list(result.outputs), output=result.outputs[0],
                 complexity=complexity(result.program))
     if row["task_type"] == "induction":
         task["shown"] = split_induction(len(task["inputs"]), rng)
-    reason = None if forced else quality_reason(task, buffer_programs, config)
+    reason = None if forced else quality_reason(task, index, config)
+    if reason is None and not forced:
+        index.add(task)
     return {**task, "accepted": reason is None, "forced": forced, "reason": reason}
 
 
@@ -72,12 +83,13 @@ def _topups(buffer: pd.DataFrame, accepted: pd.DataFrame, config: AZRConfig, ite
         if pool.empty:  # no buffer task has enough pairs for induction; pose a deduction instead
             task_type, pool = "deduction", buffer
         task = pool.iloc[int(rng.integers(len(pool)))]
+        pairs = distinct_inputs(list(task["inputs"]))  # an induction task shows and hides distinct inputs only
         rows.append({
             "run": run, "iteration": iteration, "task_id": f"i{iteration:04d}-b{index:03d}", "task_type": task_type,
             "source": "buffer", "accepted": True, "forced": False, "reason": None,
             "program": task["program"], "input": task["input"], "output": task["output"],
-            "inputs": list(task["inputs"]), "outputs": list(task["outputs"]), "message": task["message"],
-            "shown": split_induction(len(task["inputs"]), rng) if task_type == "induction" else None,
+            "inputs": [task["inputs"][i] for i in pairs], "outputs": [task["outputs"][i] for i in pairs], "message": task["message"],
+            "shown": split_induction(len(pairs), rng) if task_type == "induction" else None,
             "complexity": complexity(task["program"]), "validate_seconds": 0.0,
         })
     return rows
@@ -96,12 +108,13 @@ def validate(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     forced = config.is_forced(iteration)
     rng = stage_rng(config.seed, iteration, "validate")
 
-    runnable = [row for row in proposals if row["parsed"]]
+    inputs = {row["task_id"]: _inputs(row) for row in proposals}
+    runnable = [row for row in proposals if row["parsed"] and inputs[row["task_id"]][1] is None]
     with open_sandbox(config.executor) as sandbox:
-        results = sandbox.validate([(row["program"], _proposal_inputs(row)) for row in runnable])
+        results = sandbox.validate([(row["program"], inputs[row["task_id"]][0]) for row in runnable])
     by_id = {row["task_id"]: result for row, result in zip(runnable, results)}
-    buffer_programs = list(buffer["program"])
-    rows = [_judge(row, by_id.get(row["task_id"]), buffer_programs, config, forced, rng) for row in proposals]
+    index = TaskIndex(buffer.to_dict("records"))
+    rows = [_judge(row, inputs[row["task_id"]], by_id.get(row["task_id"]), index, config, forced, rng) for row in proposals]
     fits = solver_prompt_fits(config)
     rows = [_fits_solver(row, fits) for row in rows]
     accepted = pd.DataFrame([r for r in rows if r["accepted"]])

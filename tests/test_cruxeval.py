@@ -123,3 +123,39 @@ def test_bad_files_are_clear_errors(tmp_path):
     assert result.exit_code == 2 and "sample_9999" in result.output
     result = CliRunner().invoke(app, [*args[:-4], "--mode", "sideways", "--out", str(tmp_path / "s.json")])
     assert result.exit_code == 2 and "--mode must be input or output" in result.output
+
+
+EXPRESSION_INPUTS = {"sample_152", "sample_239", "sample_258", "sample_344", "sample_364", "sample_378", "sample_459",
+                     "sample_522", "sample_694", "sample_720", "sample_760", "sample_770"}
+
+
+def test_cruxeval_programs_are_tasks_but_for_the_inputs_that_are_expressions():
+    """Every program passes the task rules (purity included, see the 800 validated above); 12 of CRUXEval's
+    inputs are expressions (`''.join(['A'] * 20)`, lambdas, range(...)), which a task may not have."""
+    from azr.data_construction import proposal_inputs
+    from azr.sandbox.safety import check_program
+    from azr.config import DEFAULT_BANNED_MODULES
+
+    rows = problems()
+    assert all(check_program(row["code"], DEFAULT_BANNED_MODULES)[1] is None for row in rows)
+    refused = {row["id"] for row in rows if proposal_inputs("deduction", [row["input"]])[1] == "not_literal"}
+    assert refused == EXPRESSION_INPUTS
+
+
+def test_the_near_duplicate_rule_on_cruxeval_pairs_only_renamed_copies():
+    """9 pairs of CRUXEval's 800 programs are near duplicates, each the same program with other local names;
+    as tasks (each with its own input) none is a duplicate of another."""
+    from itertools import combinations
+
+    from azr.dedup import NEAR_DUPLICATE_JACCARD, TaskIndex, fingerprint, jaccard
+
+    rows = problems()
+    buckets: dict = {}
+    for row in rows:
+        buckets.setdefault(fingerprint(row["code"]).vocabulary, []).append(fingerprint(row["code"]))
+    scores = [jaccard(a, b) for group in buckets.values() for a, b in combinations(group, 2)]
+    assert sum(score >= NEAR_DUPLICATE_JACCARD for score in scores) == 9
+    assert all(score == 1.0 for score in scores if score >= NEAR_DUPLICATE_JACCARD)
+    index = TaskIndex()
+    tasks = [{"task_type": "deduction", "program": row["code"], "input": row["input"]} for row in rows]
+    assert [t for t in tasks if index.reason(t) or index.add(t)] == []

@@ -41,6 +41,33 @@ def test_proposer_reward_weights_and_invalid_penalty():
     assert rewards.proposer_reward(False, 0.5, 1.0, 1.0, cfg) == -1.0  # no reason: a format error
 
 
+def test_a_duplicate_gets_a_milder_penalty_than_any_invalid_proposal():
+    cfg = RewardsConfig()
+    duplicate = rewards.rejection_reward("duplicate", False, cfg)
+    assert duplicate == rewards.rejection_reward("near_duplicate", False, cfg) == cfg.duplicate_penalty == -0.25
+    # Duplicates are rejected only outside force acceptance (a quality check), where invalid ones get
+    # the paper's penalties: -0.5 for a readable proposal that is not a task, -1 for a format error.
+    for reason in ["syntax", "impure", "not_literal", "repeated_inputs", "too_simple"]:
+        assert rewards.rejection_reward(reason, False, cfg) == -0.5 < duplicate
+    for reason in ["no_answer_tag", "no_input", "unparsed"]:
+        assert rewards.rejection_reward(reason, False, cfg) == -1.0
+
+
+def test_an_answer_that_is_not_a_literal_is_a_format_error():
+    assert rewards.well_formed(True, "ok") and rewards.well_formed(True, "error")
+    assert not rewards.well_formed(True, "not_literal") and not rewards.well_formed(False, "unparsed")
+
+
+def test_the_score_stage_penalises_a_non_literal_answer_as_malformed():
+    from azr.config import AZRConfig
+    from stages.score import _solver_rows
+
+    base = {"run": "r", "iteration": 1, "task_id": "t", "task_type": "deduction", "sample": 0, "prompt_ids": [1],
+            "response_ids": [2], "response_mask": [True], "logprobs": [-0.1], "correct": False, "parsed": True}
+    rows = _solver_rows([{**base, "check_status": "ok"}, {**base, "check_status": "not_literal"}], False, AZRConfig())
+    assert [r["format"] for r in rows] == [-0.5, -1.0]
+
+
 def test_complexity_grows_with_branching_and_is_bounded():
     simple = rewards.complexity("def f(a):\n    return a")
     branchy = rewards.complexity(
@@ -67,6 +94,14 @@ def test_diversity_from_distance_and_surprise():
     assert rewards.diversity(program, "'x'", [program], types) == pytest.approx(0.125)
     # no references: distance 1; unseen type: surprise 1
     assert rewards.diversity(program, "3", [], types) == pytest.approx(1.0)
+
+
+def test_diversity_tells_apart_programs_that_call_other_functions():
+    """The distance uses dedup's fingerprints: renamed locals are the same program, another call is not."""
+    types = Counter({"int": 1})
+    length = "def f(xs):\n    return len(xs)"
+    assert rewards.diversity("def f(items):\n    return len(items)", "3", [length], types) == pytest.approx(0.0)
+    assert rewards.diversity("def f(xs):\n    return sum(xs)", "3", [length], types) > 0.1
 
 
 def test_trr_advantages_mean_zero_unit_spread_in_each_of_six_groups():

@@ -20,12 +20,12 @@ ESCAPING = [
 def test_escapes_are_refused_however_they_are_spelled(program: str) -> None:
     normalised, reason = check_program(program, DEFAULT_BANNED_MODULES)
     assert normalised is None and reason, program
-    assert could_escape(program)
+    assert could_escape(program, DEFAULT_BANNED_MODULES)
 
 
 def test_plain_ascii_code_skips_the_walk_and_passes() -> None:
     program = "def g(xs):\n    return sorted(set(xs), reverse=True)"
-    assert not could_escape(program)
+    assert not could_escape(program, DEFAULT_BANNED_MODULES)
     assert check_program(program, DEFAULT_BANNED_MODULES) == ("def f(xs):\n    return sorted(set(xs), reverse=True)", None)
     assert check_expression("[3, 1, 2], 'evaluate'", DEFAULT_BANNED_MODULES) is None
 

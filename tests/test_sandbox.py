@@ -178,6 +178,26 @@ def test_runtime_guard_refuses_banned_import_the_ast_cannot_see(sandbox):
     assert answers[0]["status"] == "banned"
 
 
+@pytest.mark.parametrize("program", [
+    "def f(p):\n    return open(p).read()[:50]",  # the host's AST check
+    "import codecs\ndef f(p):\n    return codecs.open(p).read()[:50]",  # the runner's audit hook
+    "import linecache\ndef f(p):\n    return linecache.getline(p, 1)",
+    "import getpass\ndef f(p):\n    return getpass.getuser()",  # the runner's guarded os.environ
+])
+def test_a_program_whose_output_depends_on_files_or_the_environment_is_impure(sandbox, program):
+    result = validate_one(sandbox, program, ["'/etc/passwd'"])
+    assert result.status == "impure", (result.status, result.error)
+    assert result.error.endswith("a task must be a pure function of its input")
+
+
+@pytest.mark.parametrize("module", ["po' + 'six", "_ran' + 'dom", "_thr' + 'ead"])
+def test_runtime_guard_knows_a_module_under_its_other_name(sandbox, module):
+    """`posix` is `os`, `_random` is `random`, `_thread` is `threading`, also when the name is built at run time."""
+    program = f"def f(x):\n    exec('import ' + '{module}')\n    return 1"
+    answers = sandbox.run([{"kind": "validate", "program": program, "inputs": ["1"], "runs": 2, "banned": ["os", "random", "threading"]}])
+    assert answers[0]["status"] == "banned"
+
+
 def test_caught_banned_import_is_still_banned(sandbox):
     program = "def f(x):\n    try:\n        exec('import socket')\n    except ImportError:\n        pass\n    return 1"
     answers = sandbox.run([{"kind": "validate", "program": program, "inputs": ["1"], "runs": 2, "banned": ["socket"]}])
@@ -403,29 +423,48 @@ def test_no_network(sandbox):
 # ------------------------------------------------------------------ answer checks
 
 
-def test_check_deduction_compares_values(sandbox):
+def test_check_deduction_compares_values_under_cruxevals_rule(sandbox):
     items = [("[1, 2]", "[1,2]"), ("'ab'", '"ab"'), ("(1, 'a')", "(1, 'b')"), ("{1: 2}", "dict([(1, 2)])"), ("3", "1 +"), ("1", "__import__('os')")]
-    results = sandbox.check_deduction(items)
+    results = sandbox.check_deduction(items, expressions=True)
     assert [r.correct for r in results] == [True, True, False, True, False, False]
     assert [r.status for r in results] == ["ok", "ok", "ok", "ok", "syntax", "banned"]
 
 
+def test_check_deduction_takes_literals_only(sandbox):
+    items = [("[1, 2]", "[1,2]"), ("'ab'", '"ab"'), ("(1, 'a')", "(1, 'b')"), ("{1: 2}", "dict([(1, 2)])"), ("3", "1 +"),
+             ("1", "__import__('os')"), ("[3, 2, 1]", "sorted([1, 2, 3])[::-1]"), ("frozenset({1})", "frozenset([1])"),
+             ("{1.5, 2}", "{2, 1.5}"), ("1", "True"), ("set()", "set()")]
+    results = sandbox.check_deduction(items)
+    assert [r.correct for r in results] == [True, True, False, False, False, False, False, True, True, True, True]
+    assert [r.status for r in results] == ["ok"] * 3 + ["not_literal"] * 4 + ["ok"] * 4
+    assert "calls 'dict'" in results[3].error
+
+
 def test_check_deduction_refuses_values_with_a_fake_eq(sandbox):
     answer = "type('A', (), {'__eq__': lambda self, other: True})()"
-    assert sandbox.check_deduction([("[1, 2]", answer)])[0].correct is False
+    assert sandbox.check_deduction([("[1, 2]", answer)], expressions=True)[0].correct is False
+    assert sandbox.check_deduction([("[1, 2]", answer)])[0].status == "not_literal"
 
 
 def test_check_deduction_answer_that_hangs_times_out(sandbox):
-    result = sandbox.check_deduction([("1", "sum(1 for _ in iter(int, 1))")])[0]
+    result = sandbox.check_deduction([("1", "sum(1 for _ in iter(int, 1))")], expressions=True)[0]
     assert (result.correct, result.status) == (False, "timeout")
 
 
-def test_check_abduction_accepts_call_text_or_argument_text(sandbox):
+def test_check_abduction_accepts_call_text_or_argument_text_under_cruxevals_rule(sandbox):
     program = "def f(a, b):\n    return a * b"
     items = [(program, "f(2, 3)", "6"), (program, "3, 2", "6"), (program, "1, 1", "6"), (program, "f(1, 6)", "6"), (program, "f(", "6")]
-    results = sandbox.check_abduction(items)
+    results = sandbox.check_abduction(items, expressions=True)
     assert [r.correct for r in results] == [True, True, False, True, False]
     assert results[-1].status == "syntax"
+
+
+def test_check_abduction_takes_one_literal_argument_list(sandbox):
+    program = "def f(a, b=1):\n    return a * b"
+    answers = ["3, 2", "3, b=2", "6", "1, 1", "f(2, 3)", ") if 0 else (6", "*[2, 3]", "2, (b := 3)", "f("]
+    results = sandbox.check_abduction([(program, answer, "6") for answer in answers])
+    assert [r.correct for r in results] == [True, True, True, False, False, False, False, False, False]
+    assert [r.status for r in results] == ["ok"] * 4 + ["not_literal"] * 5
 
 
 def test_check_induction_needs_every_hidden_pair(sandbox):

@@ -74,7 +74,11 @@ def test_one_iteration_writes_every_column_and_row(iteration_one):
     assert (tasks.loc[tasks["source"] == "buffer", "accepted"]).all()
     assert len(solutions) == tasks["accepted"].sum() * config.rewards.n_samples
     assert len(rewards) == len(proposals) + len(solutions)
-    assert (rewards.loc[~rewards["valid"], "reward"] == config.rewards.invalid_penalty).all()
+    from azr.rewards import rejection_reward
+
+    reasons = tasks.set_index("task_id")["reason"]
+    for row in rewards[~rewards["valid"]].itertuples():  # each rejected proposal on the ladder, by its reason
+        assert row.reward == rejection_reward(reasons[row.task_id], config.is_forced(1), config.rewards)
 
 
 def test_second_call_of_each_stage_computes_nothing(iteration_one):
@@ -101,11 +105,25 @@ def test_buffer_update_adds_accepted_proposals_once(iteration_one):
 def hand_written_proposals(run: RunDir, iteration: int, buffer: pd.DataFrame) -> Path:
     """Proposals as the propose stage would write them, with known programs (a real input file, no model)."""
     base = {"run": run.name, "iteration": iteration, "prompt": "", "prompt_ids": [1], "response": "",
-            "response_ids": [2], "logprobs": [-0.1], "finish_reason": "stop", "inputs": None, "message": None,
+            "response_ids": [2], "response_mask": [True], "logprobs": [-0.1], "finish_reason": "stop", "inputs": None, "message": None,
             "reference_ids": [], "generate_seconds": 0.0}
+    known = buffer.iloc[1]  # def f(nums): return sorted(set(nums), reverse=True), on [3, 1, 2, 3]
+    renamed = known["program"].replace("nums", "values").replace("    return", "    # a comment\n    return")
     rows = [
         {**base, "task_id": "dup", "task_type": "deduction", "parsed": True, "parse_reason": None,
-         "program": buffer.iloc[1]["program"], "input": "[4, 4, 2]"},
+         "program": known["program"], "input": known["input"].replace(" ", "")},  # the same task, respelled
+        {**base, "task_id": "near", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": renamed, "input": known["input"]},
+        {**base, "task_id": "new_input", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": known["program"], "input": "[4, 4, 2]"},
+        {**base, "task_id": "called", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": known["program"].replace("sorted(", "list(").replace(", reverse=True", ""), "input": known["input"]},
+        {**base, "task_id": "expression", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": "def f(x):\n    return x * 3", "input": "sorted([3, 1])"},
+        {**base, "task_id": "repeats", "task_type": "induction", "parsed": True, "parse_reason": None,
+         "program": known["program"], "input": None, "inputs": ["[1, 2]", "[1,2]", "[1, 2]"], "message": "m"},
+        {**base, "task_id": "io", "task_type": "deduction", "parsed": True, "parse_reason": None,
+         "program": "def f(p):\n    return open(p).read()[:50]", "input": "'/etc/passwd'"},
         {**base, "task_id": "fresh", "task_type": "abduction", "parsed": True, "parse_reason": None,
          "program": "def g(s, n):\n    out = []\n    for i, ch in enumerate(s):\n        out.append(ch * ((i % n) + 1))\n    return '-'.join(out)",
          "input": "'abc', 2"},
@@ -131,17 +149,28 @@ def test_force_acceptance_before_and_after_threshold(tmp_path, iteration, thresh
     assert not tasks.at["broken", "accepted"] and tasks.at["broken", "reason"] == "syntax"
     assert not tasks.at["banned", "accepted"] and tasks.at["banned", "reason"] == "banned"
     assert not tasks.at["unparsed", "accepted"] and tasks.at["unparsed", "reason"] == "no_answer_tag"
+    assert not tasks.at["expression", "accepted"] and tasks.at["expression", "reason"] == "not_literal"
+    assert not tasks.at["repeats", "accepted"] and tasks.at["repeats", "reason"] == "repeated_inputs"
+    assert not tasks.at["io", "accepted"] and tasks.at["io", "reason"] == "impure"
     assert tasks.at["fresh", "accepted"] and tasks.at["fresh", "forced"] == forced
     assert tasks.at["fresh", "program"].startswith("def f(")  # the first function is renamed f
     assert tasks.at["fresh", "output"] == "'a-bb-c'"
-    # a copy of a buffer program: waived under force acceptance, rejected after it
-    assert tasks.at["dup", "accepted"] == forced
+    # a copy of a buffer task: waived under force acceptance, rejected after it
+    assert tasks.at["dup", "accepted"] == forced and tasks.at["near", "accepted"] == forced
     if forced:
-        assert pd.isna(tasks.at["dup", "reason"])
+        assert pd.isna(tasks.at["dup", "reason"]) and pd.isna(tasks.at["near", "reason"])
     else:
-        assert tasks.at["dup", "reason"] == "duplicate"
+        assert tasks.at["dup", "reason"] == "duplicate" and tasks.at["near", "reason"] == "near_duplicate"
+    # a known program on a new input, or another function called on the same input, is a new task
+    assert tasks.at["new_input", "accepted"] and tasks.at["called", "accepted"]
     assert tasks["accepted"].sum() == 5  # topped up from the buffer
     assert (tasks.loc[tasks["source"] == "buffer", "forced"] == False).all()  # noqa: E712
+    if not forced:  # a duplicate is a real task: the mildest penalty; the rest the paper's rule
+        solve(config, run, iteration)
+        rewards = read_table(score(config, run, iteration)).query("role == 'propose'").set_index("task_id")["reward"]
+        assert rewards["dup"] == rewards["near"] == config.rewards.duplicate_penalty == -0.25
+        readable = ["broken", "banned", "expression", "repeats", "io"]  # well formed, but no valid task
+        assert (rewards[readable] == config.rewards.wrong_task_penalty).all() and rewards["unparsed"] == -1.0
 
 
 def test_missing_or_corrupt_stage_input_is_named(tmp_path):

@@ -1,16 +1,20 @@
 """The batched sandbox operations: validate proposals, check deduction/abduction/induction answers.
 
-Each one checks its items on the host first (shape, parse, banned imports, without running
-anything), sends the rest to the sandbox in one batch, and returns one result per item, in order.
-The host skips the parse where it could find nothing the runner's own compile does not report
-with the same status: ASCII text without a telltale word (`safety.could_escape`), and for a
-program, one that already starts with `def f(` (no rename to do).
+Each one checks its items on the host first (shape, parse, banned imports, impure builtins, the
+literal rule for answers, without running anything), sends the rest to the sandbox in one batch, and
+returns one result per item, in order. The host skips the parse where it could find nothing the
+runner's own compile does not report with the same status: ASCII text without a telltale word
+(`safety.could_escape`), and for a program, one that already starts with `def f(` (no rename to do).
+
+Answers follow the literal rule (`azr.literals`; status `not_literal` otherwise) unless a check is
+asked for `expressions=True`, CRUXEval's own rule, under which an answer may be any expression.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from azr.literals import parse_arguments, parse_literal
 from azr.sandbox.client import CheckResult, ValidationResult
 from azr.sandbox.safety import check_expression, check_program, could_escape, program_status
 
@@ -37,13 +41,13 @@ def _unpack(item: Any, size: int, shape: str, index: int) -> tuple:
 
 
 def _gate_program(program: str, banned: list[str]) -> tuple[str | None, str | None]:
-    if program.startswith("def f(") and not could_escape(program):
+    if program.startswith("def f(") and not could_escape(program, banned):
         return program, None  # nothing to rename, nothing banned; a syntax error is the runner's to report
     return check_program(program, banned)
 
 
 def _gate_expression(text: str, banned: list[str], what: str) -> str | None:
-    return check_expression(text, banned, what) if could_escape(text) else None
+    return check_expression(text, banned, what) if could_escape(text, banned) else None
 
 
 def _first_problem(texts: list[str], banned: list[str], what: str) -> str | None:
@@ -94,21 +98,41 @@ def _checks(sandbox: "Sandbox", jobs: dict[int, dict[str, Any]], refused: dict[i
     return [refused[i] for i in range(count)]
 
 
-def check_deduction(sandbox: "Sandbox", items: list[tuple[str, str]]) -> list[CheckResult]:
+def _gold_refusal(golds: list[str]) -> CheckResult | None:
+    """A gold output that is not a literal makes the request malformed (no answer can equal it)."""
+    for gold in golds:
+        parsed = parse_literal(gold)
+        if not parsed.ok:
+            return CheckResult(False, "malformed", f"gold output {gold[:80]!r} is {parsed.reason}")
+    return None
+
+
+def _literal_refusal(answer: str, golds: list[str], arguments: bool) -> CheckResult | None:
+    """Why a check cannot pass under the literal rule before anything runs: a gold output that is not a
+    literal (malformed) or an answer that is not one (`not_literal`); else None."""
+    parsed = parse_arguments(answer) if arguments else parse_literal(answer)
+    return _gold_refusal(golds) or (None if parsed.ok else CheckResult(False, "not_literal", f"answer is {parsed.reason}"))
+
+
+def check_deduction(sandbox: "Sandbox", items: list[tuple[str, str]], expressions: bool = False) -> list[CheckResult]:
     banned = sandbox.config.banned_modules
     refused: dict[int, CheckResult] = {}
     jobs: dict[int, dict[str, Any]] = {}
     for index, item in enumerate(items):
         gold, answer = (_text(v, w, index) for v, w in zip(_unpack(item, 2, "(gold output, answer)", index), ("gold output", "answer")))
-        reason = _gate_expression(answer, banned, "answer")
-        if reason:
-            refused[index] = CheckResult(False, program_status(reason), reason)
+        if expressions:
+            reason = _gate_expression(answer, banned, "answer")
+            refusal = CheckResult(False, program_status(reason), reason) if reason else None
         else:
-            jobs[index] = {"kind": "deduction", "gold": gold, "answer": answer}
+            refusal = _literal_refusal(answer, [gold], arguments=False)
+        if refusal:
+            refused[index] = refusal
+        else:
+            jobs[index] = {"kind": "deduction", "gold": gold, "answer": answer, **({"expressions": True} if expressions else {})}
     return _checks(sandbox, jobs, refused, len(items))
 
 
-def check_abduction(sandbox: "Sandbox", items: list[tuple[str, str, str]]) -> list[CheckResult]:
+def check_abduction(sandbox: "Sandbox", items: list[tuple[str, str, str]], expressions: bool = False) -> list[CheckResult]:
     banned = sandbox.config.banned_modules
     refused: dict[int, CheckResult] = {}
     jobs: dict[int, dict[str, Any]] = {}
@@ -117,11 +141,14 @@ def check_abduction(sandbox: "Sandbox", items: list[tuple[str, str, str]]) -> li
             _text(v, w, index) for v, w in zip(_unpack(item, 3, "(program, answer, gold output)", index), ("program", "answer", "gold output"))
         )
         program, reason = _gate_program(program, banned)
-        reason = reason or _gate_expression(answer, banned, "answer")
-        if reason:
-            refused[index] = CheckResult(False, program_status(reason), reason)
+        if not reason and expressions:
+            reason = _gate_expression(answer, banned, "answer")
+        refusal = CheckResult(False, program_status(reason), reason) if reason else None
+        refusal = refusal or (None if expressions else _literal_refusal(answer, [gold], arguments=True))
+        if refusal:
+            refused[index] = refusal
         else:
-            jobs[index] = {"kind": "abduction", "program": program, "answer": answer, "gold": gold}
+            jobs[index] = {"kind": "abduction", "program": program, "answer": answer, "gold": gold, **({"expressions": True} if expressions else {})}
     return _checks(sandbox, jobs, refused, len(items))
 
 
@@ -136,8 +163,10 @@ def check_induction(sandbox: "Sandbox", items: list[tuple[str, list[str], list[s
             raise ValueError(f"item {index}: {len(inputs)} inputs but {len(golds)} gold outputs")
         program, reason = _gate_program(program, banned)
         reason = reason or _first_problem(["f(" + text + "\n)" for text in inputs], banned, "input")
-        if reason:
-            refused[index] = CheckResult(False, program_status(reason), reason)
+        refusal = CheckResult(False, program_status(reason), reason) if reason else None
+        refusal = refusal or _gold_refusal(golds)
+        if refusal:
+            refused[index] = refusal
         else:
             jobs[index] = {"kind": "induction", "program": program, "inputs": inputs, "golds": golds}
     return _checks(sandbox, jobs, refused, len(items))

@@ -1,4 +1,4 @@
-"""Sandbox commands: `azr validate`, `azr score cruxeval`, `azr sandbox build`.
+"""Sandbox commands: `azr validate`, `azr check`, `azr score cruxeval`, `azr sandbox build`.
 
 Registered on the library app by one import at the end of azr/cli.py.
 """
@@ -34,7 +34,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     if path.suffix == ".parquet":
         import pandas as pd
 
-        return pd.read_parquet(path).to_dict("records")
+        rows = pd.read_parquet(path).to_dict("records")  # a missing string reads as NaN: make it None again
+        return [{k: None if isinstance(v, float) and v != v else v for k, v in row.items()} for row in rows]
     if path.suffix not in (".jsonl", ".json"):
         raise fail(f"{path}: expected a .jsonl or .parquet file")
     rows = []
@@ -121,6 +122,41 @@ def validate_command(
     console.print(f"{len(rows)} rows validated in {time.monotonic() - started:.1f} s ({backend}): {summary} -> {out}")
 
 
+@app.command("check")
+def check_command(
+    file: Annotated[Path, typer.Argument(help="JSONL or Parquet rows with task_type, program, answer, and output (deduction, abduction) or inputs, outputs, shown (induction).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the rows plus correct, check_status, check_error (.jsonl or .parquet).")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Check solver answers exactly as the solve stage and `azr eval` do: why was this answer marked wrong?
+
+    Every row keeps every field it came with. `check_status` is ok when the check ran (then `correct`
+    says the verdict), else why it could not: not_literal (the answer is not a literal, or for abduction
+    not one literal argument list), syntax, banned, impure, timeout, ...; `check_error` says more.
+    """
+    from azr.answers import RowError, check_rows
+    from azr.sandbox import SandboxError, open_sandbox
+
+    cfg = resolve_config(config, set_)
+    if out.suffix not in (".jsonl", ".json", ".parquet"):
+        raise fail(f"{out}: --out must end in .jsonl or .parquet")
+    rows = read_rows(file)
+    started = time.monotonic()
+    try:
+        with open_sandbox(cfg.executor) as sandbox:
+            checked = check_rows(sandbox, rows, where=f"{file} row")
+    except RowError as exc:
+        raise fail(str(exc)) from None
+    except SandboxError as exc:
+        raise fail(str(exc)) from None
+    write_rows(out, checked)
+    counts = Counter(row["check_status"] for row in checked)
+    right = sum(row["correct"] for row in checked)
+    summary = ", ".join(f"{status} {count}" for status, count in counts.most_common())
+    console.print(f"{len(rows)} answers checked in {time.monotonic() - started:.1f} s: {right} correct; {summary} -> {out}")
+
+
 def read_generations(path: Path) -> dict[str, list[str]]:
     """id -> list of generations; a scored CRUXEval file (with raw_generations) also works."""
     if not path.is_file():
@@ -142,8 +178,9 @@ def read_generations(path: Path) -> dict[str, list[str]]:
 def score_generations(sandbox: Any, problems: dict[str, dict[str, Any]], generations: dict[str, list[str]], mode: str) -> dict[str, list[bool]]:
     """CRUXEval's verdicts: output mode compares values, input mode runs f on the answer.
 
-    As in CRUXEval's evaluator, an output answer that contains the call ``f(<input>)`` and an input
-    answer that contains no ``f(`` are wrong without running anything.
+    CRUXEval's own rule, not azr's literal rule (so its published numbers are reproduced): an answer
+    may be any expression. As in CRUXEval's evaluator, an output answer that contains the call
+    ``f(<input>)`` and an input answer that contains no ``f(`` are wrong without running anything.
     """
     items: list[tuple] = []
     where: list[tuple[str, int]] = []
@@ -157,7 +194,7 @@ def score_generations(sandbox: Any, problems: dict[str, dict[str, Any]], generat
                 continue
             items.append((problem["output"], generation) if mode == "output" else (problem["program"], generation, problem["output"]))
             where.append((key, number))
-    checks = sandbox.check_deduction(items) if mode == "output" else sandbox.check_abduction(items)
+    checks = sandbox.check_deduction(items, expressions=True) if mode == "output" else sandbox.check_abduction(items, expressions=True)
     for (key, number), check in zip(where, checks):
         scored[key][number] = check.correct
     return scored

@@ -284,17 +284,19 @@ class Sandbox:
 
         return validate(self, items, self.config.banned_modules if banned_modules is None else banned_modules)
 
-    def check_deduction(self, items: list[tuple[str, str]]) -> list[CheckResult]:
-        """(gold output repr, answer text): correct when the answer's value equals the gold value."""
+    def check_deduction(self, items: list[tuple[str, str]], expressions: bool = False) -> list[CheckResult]:
+        """(gold output repr, answer literal): correct when the answer's value equals the gold value.
+        `expressions`: CRUXEval's rule, an answer may be any expression."""
         from azr.sandbox.checks import check_deduction
 
-        return check_deduction(self, items)
+        return check_deduction(self, items, expressions)
 
-    def check_abduction(self, items: list[tuple[str, str, str]]) -> list[CheckResult]:
-        """(program, answer input text or `f(...)` call text, gold output repr): correct when f(answer) == gold."""
+    def check_abduction(self, items: list[tuple[str, str, str]], expressions: bool = False) -> list[CheckResult]:
+        """(program, answer argument list, gold output repr): correct when f(answer) == gold.
+        `expressions`: CRUXEval's rule, an answer may be any expression or `f(...)` call text."""
         from azr.sandbox.checks import check_abduction
 
-        return check_abduction(self, items)
+        return check_abduction(self, items, expressions)
 
     def check_induction(self, items: list[tuple[str, list[str], list[str]]]) -> list[CheckResult]:
         """(candidate program, inputs, gold output reprs): correct when it reproduces every pair."""

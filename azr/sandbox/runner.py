@@ -22,9 +22,12 @@ program is replaced; the programs it was running come back as `killed`.
 import ast
 import builtins
 import collections
+import collections.abc
+import gc
 import json
 import marshal
 import os
+import posixpath
 import resource
 import select
 import signal
@@ -48,7 +51,11 @@ DEFAULT_CONFIG = {
     "parent_death_signal": True,  # children get SIGKILL when the runner dies (process backend)
     "banned": [],  # modules a program may not import, for jobs that do not list their own
 }
-JOB_FIELDS = {  # required fields; any job may also carry "banned", a list that replaces the config's
+# Required fields. Any job may also carry "banned", a list that replaces the config's, and a check job
+# (deduction, abduction, induction) "expressions": true for CRUXEval's rule, under which an answer may be
+# any expression. Without it an answer must be a literal (see literal_node) and the gold outputs never
+# enter the child: it returns f's output reprs and the server compares their values with the golds.
+JOB_FIELDS = {
     "validate": {"program": str, "inputs": list, "runs": int},
     "deduction": {"gold": str, "answer": str},
     "abduction": {"program": str, "answer": str, "gold": str},
@@ -66,6 +73,7 @@ _BUILTINS = _dict(builtins.__dict__)
 _PLAIN = frozenset({type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset})
 _CONTAINERS = frozenset({list, tuple, set, frozenset})
 _RESTORE_NAMES = {"set": set, "frozenset": frozenset}
+_normpath, _realpath, _fsdecode = posixpath.normpath, posixpath.realpath, os.fsdecode
 try:
     import ctypes
 
@@ -89,19 +97,30 @@ class BannedImport(ImportError):
 # ---------------------------------------------------------------- inside the child
 
 
-_banned = frozenset()  # set in each child, before the program runs
+_banned = frozenset()  # set in each child, before the program runs (module_key of each name)
 _default_banned = frozenset()  # the config's list, set once by the zygote
 _hits = []  # banned imports the program attempted, even ones it caught
 
 
+MODULE_ALIASES = {"posix": "os", "nt": "os", "thread": "threading", "posixsubprocess": "subprocess"}  # as in safety.py
+
+
+def module_key(name):
+    """`_random` is banned as `random`, `posix` as `os` (azr/sandbox/safety.py has the same rule)."""
+    top = name.partition(".")[0].lstrip("_")
+    return MODULE_ALIASES.get(top, top)
+
+
 def guarded_import(name, globals=None, locals=None, fromlist=(), level=0):
-    if level == 0 and name.partition(".")[0] in _banned:
+    if level == 0 and module_key(name) in _banned:
         _hits.append(name)
         raise BannedImport(f"import of banned module {name!r}")
     return _real_import(name, globals, locals, fromlist, level)
 
 
 _real_import = _BUILTINS["__import__"]
+
+
 # One builtins dict for programs, made once: each child is a fresh fork, so what a program does to
 # it never reaches another program, and no child pays for copying it.
 _PROGRAM_BUILTINS = {**_BUILTINS, "__import__": guarded_import}
@@ -109,6 +128,127 @@ _PROGRAM_BUILTINS = {**_BUILTINS, "__import__": guarded_import}
 
 def program_globals():
     return {"__builtins__": _PROGRAM_BUILTINS, "__name__": "__main__"}
+
+
+# ---------------------------------------------------------------- purity: what a task's program may not touch
+#
+# A task must be a pure function of its input (design.md section 5). The host refuses what the AST shows
+# (safety.py); here, in the child, while the program runs, two guards catch what reaches the outside
+# indirectly (through an allowed module, or names built at run time): an audit hook (files, network,
+# processes, interpreter internals) and wrappers around the clock, environment, randomness and
+# process-state functions of `os` and `time` (which raise no audit event). Both are installed once in
+# the zygote and armed only in a child whose banned list is not empty, so an empty list still lets the
+# sandbox's own limits be tested. They are defence in depth, not isolation: the container is that.
+
+
+class ImpureAction(PermissionError):
+    pass
+
+
+_armed = False  # set in a child just before the program runs; never cleared there (the child exits)
+_impure = []  # what the program did that a pure function does not, even when it caught the error
+_readable = ()  # directories of the Python installation: the import system reads them, lazily too
+
+AUDIT_EVENTS = {  # audit event, or its prefix before the first dot -> what it touches
+    "open": "files", "os": "files", "glob": "files", "shutil": "files", "tempfile": "files", "sqlite3": "files",
+    "fcntl": "files", "mmap": "files", "socket": "the network", "urllib": "the network", "http": "the network",
+    "ftplib": "the network", "smtplib": "the network", "poplib": "the network", "imaplib": "the network",
+    "nntplib": "the network", "telnetlib": "the network", "webbrowser": "the network", "ssl": "the network",
+    "subprocess": "process state", "pty": "process state", "signal": "process state", "resource": "process state",
+    "ctypes": "process state", "cpython": "process state", "gc": "interpreter internals", "syslog": "process state",
+    "time": "the clock", "builtins.input": "the environment", "builtins.breakpoint": "process state",
+    "sys.addaudithook": "process state", "sys.setprofile": "process state", "sys.settrace": "process state",
+    "sys._current_frames": "interpreter internals", "sys._current_exceptions": "interpreter internals",
+    "object.__getattr__": "interpreter internals",
+}
+PROCESS_OS_EVENTS = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "os.forkpty", "os.kill",
+                     "os.killpg", "os.startfile", "os.putenv", "os.unsetenv", "os.add_dll_directory"}
+GUARDED = {  # module -> (what it touches, functions that answer from the machine rather than the input)
+    "time": ("the clock", ("time", "time_ns", "monotonic", "monotonic_ns", "perf_counter", "perf_counter_ns", "process_time",
+                           "process_time_ns", "thread_time", "thread_time_ns", "clock_gettime", "clock_gettime_ns",
+                           "localtime", "gmtime", "ctime", "asctime", "strftime", "mktime", "get_clock_info", "sleep")),
+    "os": ("the environment, randomness or process state", (
+        "getenv", "getenvb", "get_exec_path", "urandom", "getrandom", "getpid", "getppid", "getpgrp", "getpgid", "getsid",
+        "getuid", "geteuid", "getgid", "getegid", "getgroups", "getlogin", "getresuid", "getresgid", "getpriority",
+        "uname", "times", "getloadavg", "cpu_count", "sched_getaffinity", "getcwd", "getcwdb", "stat", "lstat", "fstat",
+        "access", "statvfs", "fstatvfs", "readlink", "pathconf", "fpathconf", "read", "write", "pread", "pwrite", "readv",
+        "writev", "close", "closerange", "dup", "dup2", "lseek", "pipe", "pipe2", "sendfile", "isatty", "ttyname",
+        "ctermid", "get_terminal_size", "sysconf", "confstr", "get_blocking", "set_blocking")),
+}
+
+
+def impure(what):
+    """Record what the program did and stop it: the job's status is `impure` even if it catches this."""
+    _impure.append(what)
+    raise ImpureAction(f"{what}: a task must be a pure function of its input")
+
+
+def reads_python_files(event, args):
+    """True for a read-only open, or a listing, of the Python installation (what any import does)."""
+    if not args or event == "open" and not (isinstance(args[2], int) and args[2] & 3 == os.O_RDONLY):
+        return False
+    path = _fsdecode(args[0]) if isinstance(args[0], bytes) else args[0]
+    return isinstance(path, str) and (_normpath(path) + "/").startswith(_readable)
+
+
+def audit(event, args):
+    if not _armed:
+        return
+    what = AUDIT_EVENTS.get(event) or AUDIT_EVENTS.get(event.partition(".")[0])
+    if what is None or (event == "open" or event == "os.listdir") and reads_python_files(event, args):
+        return
+    if event in PROCESS_OS_EVENTS:
+        what = "process state"
+    if event == "object.__getattr__" and len(args) > 1:
+        event = f"reads attribute {args[1]!r}"
+    elif event in ("open", "os.listdir") and args:
+        event = f"{event}({args[0]!r:.80})"
+    impure(f"{event} ({what})")
+
+
+def guard(function, name, what):
+    def guarded(*args, **kwargs):
+        if _armed:
+            impure(f"{name}() ({what})")
+        return function(*args, **kwargs)
+
+    return guarded
+
+
+class GuardedEnviron(collections.abc.Mapping):
+    """os.environ inside a child: reading the environment is impure."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __getitem__(self, key):
+        if _armed:
+            impure(f"{self.name}[{key!r:.40}] (the environment)")
+        raise KeyError(key)
+
+    def __iter__(self):
+        if _armed:
+            impure(f"{self.name} (the environment)")
+        return iter(())
+
+    def __len__(self):
+        if _armed:
+            impure(f"{self.name} (the environment)")
+        return 0
+
+
+def install_purity_guards():
+    """In the zygote, once, before any child: the audit hook and the guarded functions of os and time."""
+    global _readable
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, *(p for p in sys.path if p.startswith("/"))}
+    _readable = tuple(_normpath(p) + "/" for p in prefixes) + tuple(_realpath(p) + "/" for p in prefixes)
+    for module_name, (what, names) in GUARDED.items():
+        module = sys.modules[module_name]
+        for name in names:
+            if hasattr(module, name):
+                setattr(module, name, guard(getattr(module, name), f"{module_name}.{name}", what))
+    os.environ, os.environb = GuardedEnviron("os.environ"), GuardedEnviron("os.environb")
+    sys.addaudithook(audit)
 
 
 def compile_program(source):
@@ -224,6 +364,139 @@ def run_validate(job, scope, limit):
     return {"outputs": outputs}
 
 
+# ---------------------------------------------------------------- answers: literals (the rule) or expressions (CRUXEval's)
+#
+# The literal rule is azr/literals.py's, restated here because the runner imports nothing of azr:
+# `ast.literal_eval`'s syntax plus set(), frozenset(<literal>) and float('nan'/'inf'/'-inf'), at most
+# MAX_LITERAL_CHARS long. The server parses literals (it never compiles them into the child): gold outputs
+# and deduction answers become values compared here, with no fork; an abduction answer must parse as one
+# call f(<literal arguments>), whose compiled argument tuple the child evaluates with no builtins but
+# set, frozenset and float.
+
+MAX_LITERAL_CHARS = 100_000
+_FLOAT_SPECIALS = frozenset({"nan", "inf", "-inf", "+inf", "infinity", "-infinity", "+infinity"})
+_LITERAL_BUILTINS = {"set": set, "frozenset": frozenset, "float": float}
+CHECK_OUTPUT_FACTOR = 2  # an output equal to a gold may print longer (1.0 for 1): room beyond max_output_chars
+
+
+class NotLiteral(ValueError):
+    pass
+
+
+def literal_node(node, depth=0):
+    """The value of an expression node that is a literal, else NotLiteral."""
+    kind = _type(node)
+    if depth > MAX_NESTING:
+        raise NotLiteral(f"containers nested more than {MAX_NESTING} deep")
+    if kind is ast.Tuple or kind is ast.List or kind is ast.Set:
+        items = [literal_node(e, depth + 1) for e in node.elts]
+        return tuple(items) if kind is ast.Tuple else items if kind is ast.List else _set(items)
+    if kind is ast.Dict:
+        if None in node.keys:
+            raise NotLiteral("it uses **-unpacking")
+        return {literal_node(k, depth + 1): literal_node(v, depth + 1) for k, v in zip(node.keys, node.values)}
+    if kind is ast.Call:
+        return literal_call(node, depth)
+    if kind is ast.UnaryOp and _type(node.op) in (ast.USub, ast.UAdd) and _type(node.operand) is ast.Call:
+        value = literal_call(node.operand, depth)
+        if _type(value) is not float:
+            raise NotLiteral("a sign applies to a number only")
+        return -value if _type(node.op) is ast.USub else value
+    if kind is ast.Constant or kind is ast.UnaryOp or kind is ast.BinOp:
+        try:
+            return ast.literal_eval(node)
+        except (ValueError, TypeError, _SyntaxError, RecursionError):
+            raise NotLiteral("it uses an operator") from None
+    raise NotLiteral(f"it uses {kind.__name__}")
+
+
+def literal_call(node, depth):
+    name = node.func.id if _type(node.func) is ast.Name else None
+    args = node.args
+    if not node.keywords and (name == "set" and not args or name == "frozenset" and _len(args) <= 1):
+        return frozenset(literal_node(args[0], depth + 1)) if args else _set() if name == "set" else frozenset()
+    if name == "float" and not node.keywords and _len(args) == 1 and _type(args[0]) is ast.Constant \
+            and _type(args[0].value) is str and args[0].value.strip().lower() in _FLOAT_SPECIALS:
+        return float(args[0].value)
+    raise NotLiteral(f"it calls {name or 'an expression'!r}")
+
+
+def parse_literal_text(text, source, what, status):
+    """The AST of a literal text (or f(...) source), or Failure(status) when it is too long or does not parse."""
+    if _len(text) > MAX_LITERAL_CHARS:
+        raise Failure(status, f"{what} is not a literal: {_len(text)} characters, more than {MAX_LITERAL_CHARS}")
+    try:
+        return ast.parse(source, mode="eval")
+    except (_SyntaxError, ValueError, RecursionError, _MemoryError) as exc:
+        raise Failure(status, f"{what} is not a literal: it does not parse: {exc}", _type(exc).__name__) from None
+
+
+def literal_value(text, what, status="not_literal"):
+    """The value of a literal text; Failure(status) when it is not one."""
+    try:
+        return literal_node(parse_literal_text(text, text.strip(), what, status).body)
+    except (NotLiteral, TypeError) as exc:  # TypeError: an unhashable set element or dict key
+        raise Failure(status, f"{what} is not a literal: {exc}") from None
+
+
+def literal_arguments(text):
+    """Compiled code that evaluates an abduction answer's literal arguments to (args, kwargs)."""
+    tree = parse_literal_text(text, "f(" + text + "\n)", "answer", "not_literal")
+    call = tree.body
+    try:
+        if not (_type(call) is ast.Call and _type(call.func) is ast.Name and call.func.id == "f"):
+            raise NotLiteral("it is not the argument list of one call f(...)")
+        names = [keyword.arg for keyword in call.keywords]
+        if None in names or _len(_set(names)) < _len(names):
+            raise NotLiteral("it uses **-unpacking or repeats a keyword")
+        for node in [*call.args, *(keyword.value for keyword in call.keywords)]:
+            literal_node(node)
+        call.func.id = "_arguments"
+        return _compile(tree, "<answer>", "eval")
+    except (NotLiteral, TypeError, _SyntaxError, ValueError, RecursionError) as exc:
+        raise Failure("not_literal", f"answer is not a literal argument list: {exc}") from None
+
+
+def _arguments(*args, **kwargs):
+    return args, kwargs
+
+
+def literal_deduction(job):
+    """A deduction answer under the literal rule, decided here: two literals compared, nothing run."""
+    gold = literal_value(job["gold"], "gold output", "malformed")
+    return {"status": "ok", "correct": gold == literal_value(job["answer"], "answer")}
+
+
+def judge_outputs(verdict, golds):
+    """A literal-rule check's answer from the child's output reprs, compared by value with the golds."""
+    if verdict["status"] == "bad_output":  # the answer made f return something no gold can equal
+        return {"status": "ok", "correct": False, "error": verdict["error"]}
+    if verdict["status"] != "ok":
+        return verdict
+    for number, (text, gold) in enumerate(zip(verdict["outputs"], golds)):
+        try:
+            value = literal_value(text, f"output {number}")
+        except Failure as exc:
+            return {"status": "ok", "correct": False, "error": exc.error}
+        if value != gold:
+            return {"status": "ok", "correct": False}
+    return {"status": "ok", "correct": True}
+
+
+def run_outputs(job, scope, limit):
+    """A check under the literal rule: f's output repr per call; the server compares them with the golds."""
+    load_program(job["program"], scope)
+    outputs = []
+    for call in job["calls"]:
+        if job["packed"]:  # an abduction answer: literal arguments, evaluated apart from the program
+            args, kwargs = _eval(call, {"__builtins__": _LITERAL_BUILTINS, "_arguments": _arguments})
+            value = scope["f"](*args, **kwargs)
+        else:
+            value = _eval(call, scope)
+        outputs.append(output_repr(value, limit * CHECK_OUTPUT_FACTOR))
+    return {"outputs": outputs}
+
+
 def equal_plain(gold, value):
     return is_plain(value) and gold == value
 
@@ -235,7 +508,7 @@ def run_deduction(job, scope, limit):
 
 
 def abduction_call(answer):
-    """`f(...)` call text is used as is; anything else is argument text for f."""
+    """CRUXEval's rule: `f(...)` call text is used as is; anything else is argument text for f."""
     try:
         body = ast.parse(answer.strip(), mode="eval").body
     except (_SyntaxError, ValueError):
@@ -260,19 +533,27 @@ def run_induction(job, scope, limit):
 
 
 def compile_job(job):
-    """What a child needs to run a job, compiled here in the server: the child then only executes.
+    """(what a child needs to run a job, gold values the server compares its outputs with, or None).
 
-    Compiling in a freshly forked child was a third of its cost (the compiler's allocations land on
-    copy-on-write pages). Compiling runs none of the program. Raises Failure('syntax').
+    Compiled here in the server, so the child only executes: compiling in a freshly forked child was
+    a third of its cost (the compiler's allocations land on copy-on-write pages). Compiling runs none
+    of the program. Raises Failure (syntax, not_literal, or malformed for a gold that is not a literal).
     A job without its own banned list gets None: the child then uses the zygote's copy of the
     config's list (unmarshalling 39 names in each child was 18 page faults).
     """
     kind = job["kind"]
-    compiled = {"kind": kind, "runs": job.get("runs", 1), "banned": frozenset(job["banned"]) if "banned" in job else None}
+    compiled = {"kind": kind, "runs": job.get("runs", 1), "banned": frozenset(map(module_key, job["banned"])) if "banned" in job else None}
     if kind != "deduction":
         compiled["program"] = compile_program(job["program"])
     if kind in ("validate", "induction"):
         compiled["calls"] = [compile_expression("f(" + text + "\n)", f"input {n}") for n, text in enumerate(job["inputs"])]
+    if kind in ("abduction", "induction") and not job.get("expressions"):
+        golds = [job["gold"]] if kind == "abduction" else job["golds"]
+        expected = [literal_value(text, f"gold output {n}", "malformed") for n, text in enumerate(golds)]
+        if kind == "abduction":
+            compiled["calls"] = [literal_arguments(job["answer"])]
+        compiled.update(kind="outputs", packed=kind == "abduction")
+        return compiled, expected
     if kind == "induction":
         compiled["golds"] = [compile_expression(text, f"gold output {n}") for n, text in enumerate(job["golds"])]
     if kind in ("deduction", "abduction"):
@@ -281,10 +562,11 @@ def compile_job(job):
         compiled["answer"] = compile_expression(job["answer"], "answer")
     if kind == "abduction":
         compiled["call"] = compile_expression(abduction_call(job["answer"]), "answer")
-    return compiled
+    return compiled, None
 
 
-RUNNERS = {"validate": run_validate, "deduction": run_deduction, "abduction": run_abduction, "induction": run_induction}
+RUNNERS = {"validate": run_validate, "deduction": run_deduction, "abduction": run_abduction, "induction": run_induction,
+           "outputs": run_outputs}
 
 
 def limit_zygote(config):
@@ -346,7 +628,8 @@ def decode_result(data):
     return result
 
 
-STATUSES = {"ok", "error", "timeout", "memory", "killed", "banned", "syntax", "nondeterministic", "bad_output", "malformed"}
+STATUSES = {"ok", "error", "timeout", "memory", "killed", "banned", "impure", "syntax", "not_literal", "nondeterministic",
+            "bad_output", "malformed"}
 
 
 def child_main(payload, result_fd, config):
@@ -356,7 +639,7 @@ def child_main(payload, result_fd, config):
     in the zygote: the zygote's pages are shared with its running children, so every object it
     makes costs a page copy of its own.
     """
-    global _banned
+    global _banned, _armed
     try:
         os.setpgid(0, 0)
         os.dup2(result_fd, 3)
@@ -370,6 +653,7 @@ def child_main(payload, result_fd, config):
         _write(3, encode_result("killed", "", f"sandbox setup failed: {exc!r}"))
         return
     try:
+        _armed = bool(_banned)  # an empty banned list turns the purity guards off too (tests of the limits)
         answer = RUNNERS[job["kind"]](job, program_globals(), config["max_output_chars"])
         if "correct" in answer:
             data = encode_result("ok", correct="1" if answer["correct"] else "0")
@@ -387,6 +671,8 @@ def child_main(payload, result_fd, config):
         data = encode_result("error", _type(exc).__name__, message)
     if _hits:  # even when the program caught the ImportError
         data = encode_result("banned", "ImportError", f"imports banned module {_hits[0]!r}")
+    elif _impure:  # even when the program caught the ImpureAction
+        data = encode_result("impure", "ImpureAction", f"{_impure[0]}: a task must be a pure function of its input")
     view = memoryview(data)
     while view:
         view = view[_write(3, view) :]
@@ -406,7 +692,8 @@ MAX_JOB_BYTES = 150_000  # one SEQPACKET message (the default socket buffer is a
 
 WARM_UP_JOBS = [
     {"kind": "validate", "program": "def f(xs):\n    return sorted(set(xs)), {'n': len(xs), 'r': 1.5}", "inputs": ["[3, 1, 2, 3]"], "runs": 2},
-    {"kind": "deduction", "gold": "[1, (2, 'a')]", "answer": "[1, (2, 'a')]"},
+    {"kind": "deduction", "gold": "[1, (2, 'a')]", "answer": "[1, (2, 'a')]", "expressions": True},
+    {"kind": "abduction", "program": "def f(xs, k=1):\n    return [x * k for x in xs]", "answer": "[1, 2], k=2", "gold": "[2, 4]"},
 ]
 
 
@@ -416,7 +703,7 @@ def warm_up(config):
     Python 3.11 specialises bytecode while it runs it; a child that inherits settled code writes
     (and so copies) fewer pages than one that specialises the runner's functions afresh.
     """
-    jobs = [_loads(_marshal_dumps(compile_job(job))) for job in WARM_UP_JOBS]
+    jobs = [_loads(_marshal_dumps(compile_job(job)[0])) for job in WARM_UP_JOBS]
     for _ in range(50):
         for job in jobs:
             answer = RUNNERS[job["kind"]](job, program_globals(), config["max_output_chars"])
@@ -427,7 +714,7 @@ def warm_up(config):
 def zygote_main(control, config):
     """Fork a child per job message; report starts and exits; kill processes that escape."""
     global _default_banned
-    _default_banned = frozenset(config["banned"])
+    _default_banned = frozenset(map(module_key, config["banned"]))
     warm_up(config)
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):  # the server's protocol streams are none of a child's business
@@ -435,6 +722,9 @@ def zygote_main(control, config):
     if devnull > 2:
         os.close(devnull)
     limit_zygote(config)
+    install_purity_guards()
+    gc.collect()
+    gc.freeze()  # what warm-up and the guards made: a child's collections then leave their pages alone
     if _libc is not None:
         _libc.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: escaped grandchildren are re-parented to us
     poller = select.poll()
@@ -545,8 +835,9 @@ def kill_orphans(children):
 
 
 class Child:
-    def __init__(self, job_id, payload, alone, fd, deadline):
+    def __init__(self, job_id, payload, alone, golds, fd, deadline):
         self.job_id, self.payload, self.alone, self.fd, self.deadline = job_id, payload, alone, fd, deadline
+        self.golds = golds  # values the child's outputs must equal (a literal-rule check), else None
         self.pid = None
         self.data = bytearray()
         self.started = time.monotonic()
@@ -598,6 +889,8 @@ def job_error(line):
     for field in ("inputs", "golds", "banned"):
         if field in line and not all(isinstance(item, str) for item in line[field]):
             return f"{kind} job field {field!r} must be a list of strings"
+    if not isinstance(line.get("expressions", False), bool):
+        return f"{kind} job field 'expressions' must be true or false"
     if kind == "validate" and line["runs"] < 1:
         return "validate job field 'runs' must be >= 1"
     if kind == "induction" and len(line["inputs"]) != len(line["golds"]):
@@ -731,14 +1024,21 @@ class Server:
             self.send({"id": job.get("id"), "status": "malformed", "error": problem})
             return
         try:
-            payload = _marshal_dumps(compile_job(job))
+            if job["kind"] == "deduction" and not job.get("expressions"):
+                self.send({"id": job.get("id"), **literal_deduction(job), "seconds": 0.0})
+                return
+            compiled, golds = compile_job(job)
+            payload = _marshal_dumps(compiled)
         except Failure as exc:
             self.send({"id": job.get("id"), "status": exc.status, "error": exc.error, "error_type": exc.error_type, "seconds": 0.0})
+            return
+        except (RecursionError, _MemoryError, ValueError, TypeError) as exc:  # the compiler gave up: not a usable job
+            self.send({"id": job.get("id"), "status": "malformed", "error": f"cannot compile the job: {_type(exc).__name__}: {exc}"[:500], "seconds": 0.0})
             return
         if len(payload) > MAX_JOB_BYTES:
             self.send({"id": job.get("id"), "status": "malformed", "error": f"job is {len(payload)} bytes compiled; the limit is {MAX_JOB_BYTES}"})
             return
-        self.queue.append((job.get("id"), payload, 0))
+        self.queue.append((job.get("id"), payload, 0, golds))
 
     def start_children(self):
         """Start queued jobs in free slots. A job marked alone waits for the others and runs by itself.
@@ -751,7 +1051,7 @@ class Server:
         while self.queue and len(self.children) < self.config["slots"]:
             if (self.queue[0][2] and self.children) or any(child.alone for child in self.children.values()):
                 return
-            job_id, payload, alone = job = self.queue.popleft()
+            job_id, payload, alone, golds = job = self.queue.popleft()
             read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
             self.sequence += 1
             try:
@@ -763,7 +1063,7 @@ class Server:
                 return
             os.close(write_fd)
             os.set_blocking(read_fd, False)
-            child = Child(job_id, payload, alone, read_fd, time.monotonic() + self.config["timeout_seconds"])
+            child = Child(job_id, payload, alone, golds, read_fd, time.monotonic() + self.config["timeout_seconds"])
             if self.children:
                 child.shared = True
                 for other in self.children.values():
@@ -773,7 +1073,7 @@ class Server:
 
     def rerun_alone(self, child):
         """Queue the child's job first in line, to run by itself (see start_children)."""
-        self.queue.appendleft((child.job_id, child.payload, 1))
+        self.queue.appendleft((child.job_id, child.payload, 1, child.golds))
 
     def drain(self, child):
         while child.fd is not None:
@@ -820,6 +1120,8 @@ class Server:
         if child.shared and a_neighbour_may_have_caused(verdict):
             self.rerun_alone(child)
             return
+        if child.golds is not None:
+            verdict = judge_outputs(verdict, child.golds)
         verdict["seconds"] = round(time.monotonic() - child.started, 6)
         self.send({"id": child.job_id, **verdict})
 
@@ -922,8 +1224,6 @@ def main():
     connect_stdio(sys.argv[1:])
     config, rest = read_config()
     network = unshare_network() if config["unshare_net"] else None
-    import gc
-
     gc.collect()
     gc.freeze()  # children then do not copy-on-write every page when they collect
     server = Server(config)
