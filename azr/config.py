@@ -222,6 +222,13 @@ class TrainingConfig(Section):
     micro_batch_size: int = Field(4, gt=0, description="Samples per forward/backward; bounds training memory.")
     keep_checkpoints: int = Field(2, ge=0, description="Older checkpoints kept besides the newest one.")
     warmup_steps: int = Field(0, ge=0, description="Iterations of linear learning-rate warmup (from 0); then constant.")
+    precision: Literal["auto", "fp32", "bf16-mixed"] = Field(
+        "fp32",
+        description="Arithmetic of the update. fp32: everything in float32. bf16-mixed: the forward and backward "
+        "matmuls in bfloat16 (torch.autocast); weights, gradients and optimizer state stay float32. auto: "
+        "bf16-mixed where the hardware runs bfloat16 natively (a CUDA GPU with bf16, a CPU with AMX or "
+        "AVX512-BF16), else fp32.",
+    )
     balance_roles: bool = Field(
         True,
         description="Weigh the roles equally in the loss: each role's loss is the mean over its own tokens, and the "

@@ -24,6 +24,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, TopPLogitsWar
 
 from azr.config import AZRConfig, SamplingConfig
 from azr.formats import AnswerFormat, Field
+from azr.hf_compat import cache_kwargs
 from azr.kv_cache import batched_prefill
 
 
@@ -223,7 +224,7 @@ class HFBackend:
         for step in range(max(f.max_tokens for f in fields)):
             if step:
                 logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, :]
+                               **cache_kwargs(model, cache), use_cache=True, logits_to_keep=1).logits[:, -1, :]
                 position_ids = position_ids + 1
             scaled = logits.float() / temperature
             logprobs = scaled.log_softmax(-1)
