@@ -83,4 +83,25 @@ class AzrWorkerExtension:
         # vLLM's in-place reload: it undoes and redoes the kernel-format processing (e.g. the CPU
         # backend's repacked linear weights) that a plain `model.load_weights` would trip over.
         self.reload_weights(weights_iterator=tensors(), is_checkpoint_format=True)
+        _repack_cpu_embedding_gemms(self.model_runner.model)
         return count
+
+
+def _repack_cpu_embedding_gemms(model: torch.nn.Module) -> int:
+    """On vLLM's CPU backend, rebuild the packed GEMM of every layer that keeps its weight beside it
+    (the embedding used as LM head). vLLM 0.32's in-place reload refreshes the weight but leaves the
+    oneDNN handle packed from the old one, so the logits would come from the old head. (Layers whose
+    weight lives only in the packed form are re-packed by the reload itself.) Returns the count."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return 0
+    from vllm.model_executor.layers.utils import dispatch_cpu_unquantized_gemm
+
+    repacked = 0
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.ndim == 2 and weight.numel():
+            dispatch_cpu_unquantized_gemm(module, remove_weight=False)
+            repacked += 1
+    return repacked

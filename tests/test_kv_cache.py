@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from azr.config import ModelConfig
+from azr.hf_compat import cache_kwargs
 from azr.kv_cache import SPARE_POSITIONS, batched_prefill, growing_cache
 from azr.model import load_model
 
@@ -32,7 +33,7 @@ def test_batched_prefill_matches_a_padded_batch_prefill(tiny) -> None:
     assert torch.equal(mask, padded["attention_mask"])
     reference = DynamicCache(config=model.config)
     expected = model(**padded, position_ids=(padded["attention_mask"].cumsum(-1) - 1).clamp(min=0),
-                     cache=reference, use_cache=True).logits[:, -1]
+                     **cache_kwargs(model, reference), use_cache=True).logits[:, -1]
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
     for ours, theirs in zip(cache.layers, reference.layers):
         real = mask.bool()
