@@ -4,8 +4,8 @@ through these two helpers, so neither name appears elsewhere.
 
 - the KV cache argument of a model's forward: `past_key_values` before 5.20, `cache` from 5.20 (the
   old name is a deprecated alias until 5.40);
-- `activation_checkpointing_enable` from 5.20; before, `gradient_checkpointing_enable` (a
-  deprecated alias from 5.20).
+- `activation_checkpointing_enable` / `is_activation_checkpointing` from 5.20; before,
+  `gradient_checkpointing_enable` / `is_gradient_checkpointing` (deprecated aliases from 5.20).
 """
 
 from __future__ import annotations
@@ -32,3 +32,9 @@ def enable_activation_checkpointing(model, **checkpointing_kwargs) -> None:
         enable(activation_checkpointing_kwargs=checkpointing_kwargs)
     else:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
+
+
+def activation_checkpointing_on(model) -> bool:
+    """Whether `enable_activation_checkpointing` is in force on `model`."""
+    flag = getattr(model, "is_activation_checkpointing", None)
+    return bool(flag if flag is not None else model.is_gradient_checkpointing)

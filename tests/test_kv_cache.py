@@ -60,8 +60,8 @@ def test_growing_layer_keeps_every_token_across_growth_and_row_selection(tiny) -
     torch.manual_seed(0)
     ours, plain = growing_cache(model), DynamicCache(config=model.config)
     tokens = torch.randint(0, model.config.vocab_size, (3, 8))
-    model(input_ids=tokens, cache=ours, use_cache=True)
-    model(input_ids=tokens, cache=plain, use_cache=True)
+    model(input_ids=tokens, **cache_kwargs(model, ours), use_cache=True)
+    model(input_ids=tokens, **cache_kwargs(model, plain), use_cache=True)
     nxt = tokens[:, -1:]
     for step in range(SPARE_POSITIONS + 20):
         if step == 100:
@@ -69,8 +69,8 @@ def test_growing_layer_keeps_every_token_across_growth_and_row_selection(tiny) -
             ours.batch_select_indices(keep)
             plain.batch_select_indices(keep)
             nxt = nxt[keep]
-        a = model(input_ids=nxt, cache=ours, use_cache=True).logits[:, -1]
-        b = model(input_ids=nxt, cache=plain, use_cache=True).logits[:, -1]
+        a = model(input_ids=nxt, **cache_kwargs(model, ours), use_cache=True).logits[:, -1]
+        b = model(input_ids=nxt, **cache_kwargs(model, plain), use_cache=True).logits[:, -1]
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
         nxt = a.argmax(-1, keepdim=True)
     assert ours.get_seq_length() == plain.get_seq_length() == 8 + SPARE_POSITIONS + 20
