@@ -133,7 +133,9 @@ class LocalEngine:
         self._synced = None  # weakref to the HF model whose weights the engine holds
 
     def sync(self, model) -> None:
-        """Serve `model`'s weights (an HF model, as the stage generates with it) from now on."""
+        """Serve `model`'s weights (an HF model, as the stage generates with it) from now on. The
+        same object is not sent twice: a model changed in place must come as a new object (azr's
+        stages load a fresh one per stage)."""
         if self._synced is not None and self._synced() is model:
             return
         with _weights_dir(model, self.sync_dir) as directory:
