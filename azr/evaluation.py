@@ -196,11 +196,11 @@ def evaluate_problems(model, tokenizer, sandbox, problems: list[dict[str, Any]],
     """`eval.samples` answers per problem from the model, scored: one row per answer (no run keys).
 
     `progress(done, total)` is called after each batch of `sampling.batch_size` answers."""
-    from azr.generation import HFBackend, generate  # torch is slow to import; reading and scoring do without it
+    from azr.generation import generate, open_backend  # torch is slow to import; reading and scoring do without it
 
     started = time.perf_counter()
     sampling = eval_sampling(config)
-    backend = HFBackend(model, tokenizer, sampling)
+    backend = open_backend(config, model, tokenizer, sampling)
     mode = config.generation.answer_format
     rollouts = [(p, sample) for p in problems for sample in range(config.eval.samples)]
     rendered = [prompts.render_chat(tokenizer, prompts.solver_prompt(p["task_type"], solver_view(p), mode))

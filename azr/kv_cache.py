@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+
+from azr.hf_compat import cache_kwargs
 from transformers.cache_utils import DynamicLayer
 
 SPARE_POSITIONS = 256  # room reserved past the current length before the buffer has to grow
@@ -88,7 +90,8 @@ def batched_prefill(model: PreTrainedModel, prompt_ids: list[list[int]]) -> tupl
     distinct = {tuple(ids): None for ids in prompt_ids}
     for ids in distinct:
         single = DynamicCache(config=model.config)
-        out = model(input_ids=torch.tensor([ids], device=model.device), cache=single, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=torch.tensor([ids], device=model.device), **cache_kwargs(model, single), use_cache=True,
+                    logits_to_keep=1)
         distinct[ids] = (out.logits[0, -1], [(layer.keys, layer.values) for layer in single.layers])
     mask = torch.zeros(len(prompt_ids), width, dtype=torch.long, device=model.device)
     for row, ids in enumerate(prompt_ids):

@@ -174,11 +174,12 @@ def generation_dtype(config: ModelConfig) -> torch.dtype:
     """The dtype generation runs in: `config.generation_dtype`, with `same` and `auto` resolved."""
     choice = config.generation_dtype
     if choice == "auto":
-        choice = "bfloat16" if _native_bfloat16() else "same"
+        choice = "bfloat16" if native_bfloat16() else "same"
     return getattr(torch, config.dtype if choice == "same" else choice)
 
 
-def _native_bfloat16() -> bool:
+def native_bfloat16() -> bool:
+    """Whether this machine runs bfloat16 natively: a CUDA GPU with bf16, or a CPU with AMX or AVX512-BF16."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     try:

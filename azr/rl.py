@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from transformers import get_constant_schedule_with_warmup
 
 from azr.config import TrainingConfig
+from azr.hf_compat import enable_activation_checkpointing
 
 SAMPLE_COLUMNS = ("role", "prompt_ids", "response_ids", "response_mask", "logprobs", "advantage")
 
@@ -238,6 +239,24 @@ def reference_logprobs(model: torch.nn.Module, reference: torch.nn.Module | None
             return response_logprobs(model, batch, temperature)[0]
 
 
+def training_precision(cfg: TrainingConfig) -> str:
+    """`cfg.precision` resolved: auto is bf16-mixed where the hardware runs bfloat16 natively."""
+    if cfg.precision == "auto":
+        from azr.model import native_bfloat16
+
+        return "bf16-mixed" if native_bfloat16() else "fp32"
+    return cfg.precision
+
+
+def autocast(precision: str, device: torch.device):
+    """The context the forward pass runs in: bfloat16 autocast for bf16-mixed (matmuls in bfloat16,
+    reductions such as softmax and norms in float32; the float32 weights are cast per op, so their
+    gradients and the optimizer state stay float32), nothing for fp32."""
+    if precision == "bf16-mixed":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def without_dropout(model: torch.nn.Module) -> None:
     """Training mode (gradient checkpointing needs it) with every dropout module off: the update then
     scores exactly the policy that sampled, so the PPO ratio starts at 1."""
@@ -268,6 +287,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     sums = {"loss": 0.0, "pg_loss": 0.0, "entropy": 0.0, "kl": 0.0, "clip_fraction": 0.0}
 
     device = next(model.parameters()).device
+    precision = training_precision(cfg)
     without_dropout(model)
     optimizer.zero_grad(set_to_none=True)
     share = not getattr(model, "is_activation_checkpointing", False)  # the prompt's cache needs use_cache
@@ -275,12 +295,15 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
         make = collate_shared if shared else collate
         batch = {k: v.to(device) for k, v in make([samples[i] for i in chunk], [weights[i] for i in chunk]).items()}
         mask = batch["response_mask"]
-        logprobs, entropy = response_logprobs(model, batch, temperature)
+        with autocast(precision, device):
+            logprobs, entropy = response_logprobs(model, batch, temperature)
         old_logprobs = batch["old_logprobs"] if use_recorded_logprobs else logprobs.detach()
         pg, clipped = policy_loss(logprobs, old_logprobs, batch["advantages"], cfg.clip_ratio)
         token_loss = pg - cfg.entropy_coef * entropy
         if use_kl:
-            kl = kl_to_reference(logprobs, reference_logprobs(model, reference, batch, temperature))
+            with autocast(precision, device):
+                reference_lp = reference_logprobs(model, reference, batch, temperature)
+            kl = kl_to_reference(logprobs, reference_lp)
             token_loss = token_loss + cfg.kl_coef * kl
             sums["kl"] += kl[mask].sum().item()
         # Each token carries its final weight (see token_weights), so the micro-batches' gradients add
@@ -304,7 +327,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     metrics["loss"] = sums["loss"]  # already weighted to a mean
     if not use_kl:
         del metrics["kl"]
-    metrics.update(grad_norm=float(grad_norm), tokens=total_tokens, learning_rate=learning_rate)
+    metrics.update(grad_norm=float(grad_norm), tokens=total_tokens, learning_rate=learning_rate,
+                   bf16_mixed=float(precision == "bf16-mixed"))
     return metrics
 
 
@@ -331,7 +355,7 @@ def micro_batches(samples: Sequence[Sample], size: int, share: bool = True) -> l
 
 def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
     """Recompute activations in the backward pass instead of keeping them (memory for compute)."""
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    enable_activation_checkpointing(model, use_reentrant=False)
     if hasattr(model, "config"):
         model.config.use_cache = False
 

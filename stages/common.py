@@ -12,7 +12,7 @@ from azr.artifacts import RunDir
 from azr.checkpoint import latest_checkpoint, load_policy, meta_path
 from azr.config import AZRConfig
 from azr.formats import AnswerFormat
-from azr.generation import Generation, HFBackend, generate
+from azr.generation import Generation, generate, open_backend
 
 
 def policy_inputs(run_dir: RunDir, iteration: int) -> list[Path]:
@@ -36,7 +36,7 @@ def generate_batch(config: AZRConfig, policy, user_prompts: list[str], formats: 
     """Render each prompt with the chat template and let the policy answer it in its format."""
     model, tokenizer = policy
     rendered = [prompts.render_chat(tokenizer, p) for p in user_prompts]
-    return rendered, generate(HFBackend(model, tokenizer, config.sampling), tokenizer, rendered, formats,
+    return rendered, generate(open_backend(config, model, tokenizer), tokenizer, rendered, formats,
                               config.sampling, seed=seed)
 
 

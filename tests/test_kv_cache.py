@@ -7,6 +7,7 @@ import torch
 from transformers import DynamicCache
 
 from azr.config import ModelConfig
+from azr.hf_compat import cache_kwargs
 from azr.kv_cache import SPARE_POSITIONS, batched_prefill, growing_cache
 from azr.model import load_model
 
@@ -32,7 +33,7 @@ def test_batched_prefill_matches_a_padded_batch_prefill(tiny) -> None:
     assert torch.equal(mask, padded["attention_mask"])
     reference = DynamicCache(config=model.config)
     expected = model(**padded, position_ids=(padded["attention_mask"].cumsum(-1) - 1).clamp(min=0),
-                     cache=reference, use_cache=True).logits[:, -1]
+                     **cache_kwargs(model, reference), use_cache=True).logits[:, -1]
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=0)
     for ours, theirs in zip(cache.layers, reference.layers):
         real = mask.bool()
@@ -59,8 +60,8 @@ def test_growing_layer_keeps_every_token_across_growth_and_row_selection(tiny) -
     torch.manual_seed(0)
     ours, plain = growing_cache(model), DynamicCache(config=model.config)
     tokens = torch.randint(0, model.config.vocab_size, (3, 8))
-    model(input_ids=tokens, cache=ours, use_cache=True)
-    model(input_ids=tokens, cache=plain, use_cache=True)
+    model(input_ids=tokens, **cache_kwargs(model, ours), use_cache=True)
+    model(input_ids=tokens, **cache_kwargs(model, plain), use_cache=True)
     nxt = tokens[:, -1:]
     for step in range(SPARE_POSITIONS + 20):
         if step == 100:
@@ -68,8 +69,8 @@ def test_growing_layer_keeps_every_token_across_growth_and_row_selection(tiny) -
             ours.batch_select_indices(keep)
             plain.batch_select_indices(keep)
             nxt = nxt[keep]
-        a = model(input_ids=nxt, cache=ours, use_cache=True).logits[:, -1]
-        b = model(input_ids=nxt, cache=plain, use_cache=True).logits[:, -1]
+        a = model(input_ids=nxt, **cache_kwargs(model, ours), use_cache=True).logits[:, -1]
+        b = model(input_ids=nxt, **cache_kwargs(model, plain), use_cache=True).logits[:, -1]
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
         nxt = a.argmax(-1, keepdim=True)
     assert ours.get_seq_length() == plain.get_seq_length() == 8 + SPARE_POSITIONS + 20

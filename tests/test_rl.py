@@ -13,6 +13,7 @@ from transformers import get_constant_schedule
 from azr import rl
 from azr.checkpoint import load_policy
 from azr.config import ModelConfig, TrainingConfig
+from azr.hf_compat import activation_checkpointing_on
 from azr.model import load_model
 
 PROMPTS = ["def f(x):\n    return x * 2\n", "Given the program and the output, find an input.",
@@ -181,7 +182,7 @@ def test_warmup_ramps_the_learning_rate_from_zero():
 def test_gradient_checkpointing_turns_on_for_full_and_lora_models(lora):
     model, tokenizer = load_policy(ModelConfig(name_or_path="tiny-random", lora={"enabled": lora}), trainable=True)
     rl.enable_gradient_checkpointing(model)
-    assert model.is_activation_checkpointing
+    assert activation_checkpointing_on(model)
     assert step(model, make_samples(model, tokenizer, [1.0, -1.0]))["grad_norm"] > 0
 
 
