@@ -99,8 +99,19 @@ def healthy(url: str) -> bool:
 
 @pytest.fixture(scope="session")
 def prefect_server(tmp_path_factory) -> str:
-    """`prefect server start` (API and UI) on a free loopback port; yields its API URL."""
-    tmp = tmp_path_factory.mktemp("prefect-server")
+    """`prefect server start` (API and UI) on a free loopback port, shared by the session; yields its API URL."""
+    yield from _prefect_server(tmp_path_factory.mktemp("prefect-server"))
+
+
+@pytest.fixture
+def own_prefect_server(tmp_path) -> str:
+    """A Prefect server for one test, for a test that disturbs what it serves (killing `azr serve`
+    pauses the deployments it served, which the shared server's other tests use)."""
+    yield from _prefect_server(tmp_path / "prefect-server")
+
+
+def _prefect_server(tmp: Path):
+    tmp.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url, log = f"http://127.0.0.1:{port}/api", tmp / "server.log"
     # The UI asks the API URL of the server; without this it would ask the default port.

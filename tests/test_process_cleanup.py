@@ -106,7 +106,7 @@ def test_killed_run_and_resume_leave_nothing_behind(tmp_path):
                 process.wait()
 
 
-def test_killed_serve_leaves_no_flow_run_behind(prefect_server, tmp_path):
+def test_killed_serve_leaves_no_flow_run_behind(own_prefect_server, tmp_path):
     """`azr serve` runs each flow run in a process of its own; it ends with serve, and so do its
     sandbox containers (the default backend where docker answers) or worker processes."""
     from prefect.client.orchestration import get_client
@@ -114,9 +114,9 @@ def test_killed_serve_leaves_no_flow_run_behind(prefect_server, tmp_path):
 
     log = tmp_path / "serve.log"
     process = _start(log, "serve", "--config", SMOKE_CONFIG, "--runs-dir", tmp_path / "runs",
-                     "--api-url", prefect_server, "--name", "killed")
+                     "--api-url", own_prefect_server, "--name", "killed")
     try:
-        with temporary_settings({PREFECT_API_URL: prefect_server}), get_client(sync_client=True) as client:
+        with temporary_settings({PREFECT_API_URL: own_prefect_server}), get_client(sync_client=True) as client:
             wait_until(lambda: any(d.name == "killed" for d in client.read_deployments()), "azr serve", process, log)
             deployment = client.read_deployment_by_name("azr-run/killed")
             client.create_flow_run_from_deployment(deployment.id, parameters={"config": {"num_iterations": 1}})
