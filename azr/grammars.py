@@ -87,29 +87,31 @@ method ::= {_alternatives(METHODS)}
 number ::= "0" | [1-9] [0-9]? [0-9]?
 string ::= "'" [^'\\\n]{{0,16}} "'"
 """
-EXPRESSION_DEPTH = 3  # brackets nest at most this deep: `a[b[c]]`, `len(sorted(x))`, not `k[k[k[k[...]]]]`
+EXPRESSION_DEPTH = 2  # brackets nest at most this deep: `a[b[c]]`, `len(sorted(x))`, not `k[k[k[...]]]`
 
 
 def _expression_rules(depth: int) -> str:
     """Expressions at bracket depth `depth`: what is inside a bracket is one level deeper, and the
-    deepest level holds names and constants only, so that nesting is bounded."""
+    deepest level holds names and constants only, so that nesting is bounded. Operand counts are
+    small too: a real SmolLM2 expression otherwise grows until the field runs out of tokens."""
     inner = f"expr{depth + 1}"
     atoms = 'name | number | string | "True" | "False" | "None"'
     if depth == EXPRESSION_DEPTH:
-        return f"expr{depth} ::= {atoms}\nargs{depth} ::= expr{depth} (\", \" expr{depth}){{0,3}}\n"
+        return f"expr{depth} ::= {atoms}\nargs{depth} ::= expr{depth} (\", \" expr{depth}){{0,2}}\n"
     d = depth
-    return f"""expr{d} ::= disj{d} | disj{d} " if " disj{d} " else " disj{d}
-disj{d} ::= conj{d} (" or " conj{d}){{0,2}}
-conj{d} ::= neg{d} (" and " neg{d}){{0,2}}
+    conditional = f' | disj{d} " if " disj{d} " else " disj{d}' if depth == 0 else ""
+    return f"""expr{d} ::= disj{d}{conditional}
+disj{d} ::= conj{d} (" or " conj{d})?
+conj{d} ::= neg{d} (" and " neg{d})?
 neg{d} ::= "not "? comp{d}
 comp{d} ::= arith{d} | arith{d} cmpop arith{d}
-arith{d} ::= term{d} ((" + " | " - ") term{d}){{0,3}}
-term{d} ::= factor{d} ((" * " | " // " | " % ") factor{d}){{0,2}}
+arith{d} ::= term{d} ((" + " | " - ") term{d}){{0,2}}
+term{d} ::= factor{d} ((" * " | " // " | " % ") factor{d})?
 factor{d} ::= "-"? postfix{d}
 postfix{d} ::= primary{d} trailer{d}{{0,2}} | number | "True" | "False" | "None"
 trailer{d} ::= "[" {inner} "]" | "[" {inner}? ":" {inner}? "]" | "[::-1]" | "." method "(" args{d + 1}? ")"
-primary{d} ::= name | string | "(" {inner} ")" | builtin "(" args{d + 1}? ")" | "sorted(" {inner} ", reverse=True)" | "[" args{d + 1}? "]" | "[" {inner} " for " target " in " {inner} (" if " {inner})? "]" | "{{}}" | "{{" {inner} ": " {inner} (", " {inner} ": " {inner}){{0,3}} "}}"
-args{d} ::= expr{d} (", " expr{d}){{0,3}}
+primary{d} ::= name | string | "(" {inner} ")" | builtin "(" args{d + 1}? ")" | "sorted(" {inner} ", reverse=True)" | "[" args{d + 1}? "]" | "[" {inner} " for " target " in " {inner} (" if " {inner})? "]" | "{{}}" | "{{" {inner} ": " {inner} (", " {inner} ": " {inner}){{0,2}} "}}"
+args{d} ::= expr{d} (", " expr{d}){{0,2}}
 """
 
 

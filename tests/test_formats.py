@@ -176,7 +176,8 @@ def test_program_sizes_are_bounded():
     def accepts(text: str) -> bool:
         return xgr.GrammarMatcher(compiled, terminate_without_stop_token=True).accept_string(text)
 
-    assert accepts("s):\n    return s[s[s[1]]]\n```")
-    assert not accepts("s):\n    return s[s[s[s[1]]]]\n```")
+    assert accepts("s):\n    return s[s[1]]\n```")
+    assert not accepts("s):\n    return s[s[s[1]]]\n```")
+    assert not accepts("s):\n    return s + s + s + s\n```")  # three terms at most
     assert accepts("s):\n" + "    r = 1\n" * 4 + "    return r\n```")
     assert not accepts("s):\n" + "    r = 1\n" * 5 + "    return r\n```")
