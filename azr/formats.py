@@ -2,16 +2,21 @@
 
 An answer is built in steps. Each `Step` is a *scaffold* (text azr writes: tags, fence labels,
 ``def f(``; it goes into the model's context like the prompt and is never trained on) followed by a
-*field* the model writes (a program, an input, an output, a message), or no field when the answer is
-complete. Three modes (`generation.answer_format`):
+*field* the model writes (an input, a signature, a function body, an output, a message), or no field
+when the answer is complete. Three modes (`generation.answer_format`):
 
 - ``free``: no scaffold; the model writes the whole response (reasoning, ``<answer>`` tags, fenced
   blocks) and stops at ``sampling.stop_strings`` or EOS. What azr did before formats existed.
 - ``prefill``: azr writes the scaffold of the role's answer format; each field is free text that
-  ends at its closing fence (`````).
-- ``grammar``: as ``prefill``, and each field is constrained by a grammar (`azr.grammars`): a
-  program that parses, a literal, exactly as many arguments as ``f`` has parameters. The default:
-  with it the default model writes tasks that mostly run, which free text does not give it.
+  ends at its closing fence (or, for a signature, at the end of its line).
+- ``grammar``: as ``prefill``, and each field is constrained by a grammar (`azr.grammars`): literals,
+  exactly as many arguments as ``f`` has parameters, a signature of the input's arity, a body that
+  parses and reads only its own parameters and a few locals. The default: with it the default model
+  writes tasks that mostly run, which free text does not give it.
+
+A program is written in two fields, its signature and then its body, so that the body's grammar can
+be built from the signature (the body reads only its own parameters and a few locals); a
+proposer's input follows its program and has exactly one argument per parameter.
 
 The text of a finished answer (scaffolds and fields joined) is a well-formed strict answer, so
 `azr.parsing` reads every mode the same way.
@@ -31,9 +36,9 @@ ANSWER_MODES: tuple[str, ...] = ("free", "prefill", "grammar")
 FENCE = "```"
 PROGRAM_START = "def f("
 # Longest field each kind may take (tokens); `sampling.max_new_tokens` caps every field too.
-PROGRAM_TOKENS = 192
-VALUE_TOKENS = 64
-MESSAGE_TOKENS = 48
+FIELD_TOKENS = {"arguments": 64, "value": 64, "message": 48, "signature": 16, "body": 192}
+# Fence label of the block each kind opens; a body continues the block its signature opened.
+LABELS = {"arguments": "input", "value": "output", "message": "message", "signature": "python"}
 
 
 @dataclass(frozen=True)
@@ -56,15 +61,14 @@ class Step:
 class AnswerFormat:
     """The steps of one answer: `next_step(fields)` gives the step after the fields written so far.
 
-    ``kinds`` lists the fields in order: ``program`` (a program after ``def f(``), ``value`` (one
-    literal), ``arguments`` (a call's arguments; the arity comes from ``arity`` or, when None, from
-    the program written in an earlier field), ``message`` (one line of prose). ``labels`` are the
-    fence labels of the blocks the fields go in.
+    ``kinds`` lists the fields in order: ``signature`` (after ``def f(``: ``arity`` parameters, or
+    one to three of the model's choosing), ``body`` (the function body, reading only the signature's
+    parameters and a few locals), ``arguments`` (one literal argument per parameter: ``arity``, or
+    the signature's), ``value`` (one literal), ``message`` (one line of prose).
     """
 
     mode: AnswerMode
     kinds: tuple[str, ...] = ()
-    labels: tuple[str, ...] = ()
     arity: int | None = None
     stop_strings: tuple[str, ...] = ("</answer>",)  # free mode
     max_new_tokens: int = 512  # free mode
@@ -72,27 +76,24 @@ class AnswerFormat:
     def next_step(self, fields: list[str], truncated: bool = False) -> Step:
         """The step after `fields` (the texts of the fields written so far, in order).
 
-        `truncated`: the last field ran out of tokens before its closing fence, which the scaffold
-        then writes, so the answer stays well formed (and its content is graded as it is).
+        `truncated`: the last field ran out of tokens (or the model ended it), which the scaffold then
+        closes, so the answer stays well formed and its content is graded as it is.
         """
         if self.mode == "free":
             if fields:
                 return Step("", None)
             return Step("", Field("response", None, self.stop_strings, self.max_new_tokens))
-        close = "\n" + FENCE if truncated else ""
         position = len(fields)
-        if position == len(self.kinds):
+        if position == len(self.kinds) or (truncated and self.kinds[position] == "body"):
+            return Step(self.closing(truncated), None)  # a cut signature has no body to follow it
+        kind = self.kinds[position]
+        field = self._field(kind, fields)
+        if field is None:  # what fixes this field's shape (an input's arity, a signature) did not parse
             return Step(self.closing(truncated), None)
-        kind, label = self.kinds[position], self.labels[position]
-        opening = "<answer>\n" if position == 0 else close + "\n"
-        scaffold = f"{opening}{FENCE}{label}\n" + (PROGRAM_START if kind == "program" else "")
-        if kind == "arguments":
-            arity = self.arity if self.arity is not None else grammars.parameter_count(
-                PROGRAM_START + fields[self.kinds.index("program")].removesuffix(FENCE))
-            if arity is None:  # the program does not parse, so it has no parameters to fill in
-                return Step(self.closing(truncated), None)
-            return Step(scaffold, self._field(kind, arity))
-        return Step(scaffold, self._field(kind))
+        if kind == "body":
+            return Step("", field)
+        opening = "<answer>\n" if position == 0 else ("\n" + FENCE if truncated else "") + "\n"
+        return Step(f"{opening}{FENCE}{LABELS[kind]}\n" + (PROGRAM_START if kind == "signature" else ""), field)
 
     def closing(self, truncated: bool) -> str:
         """The scaffold that ends the answer as it stands (no more fields)."""
@@ -100,57 +101,79 @@ class AnswerFormat:
             return ""
         return ("\n" + FENCE if truncated else "") + "\n</answer>"
 
-    def _field(self, kind: str, arity: int = 1) -> Field:
-        grammar, tokens = {
-            "program": (grammars.program_grammar, PROGRAM_TOKENS),
-            "value": (grammars.literal_grammar, VALUE_TOKENS),
-            "arguments": (lambda: grammars.arguments_grammar(arity), VALUE_TOKENS),
-            "message": (grammars.message_grammar, MESSAGE_TOKENS),
-        }[kind]
-        return Field(kind, grammar() if self.mode == "grammar" else None, (FENCE,), tokens)
+    def _field(self, kind: str, fields: list[str]) -> Field | None:
+        parameters = grammars.signature_parameters(fields[self.kinds.index("signature")]) \
+            if "signature" in self.kinds[:len(fields)] else None
+        if kind in ("body", "arguments") and "signature" in self.kinds and not parameters:
+            return None  # the signature does not parse (cut off): nothing to build on
+        if kind == "signature":
+            grammar = grammars.signature_grammar(self.arity)
+        elif kind == "body":
+            grammar = grammars.body_grammar(parameters)
+        elif kind == "arguments":
+            grammar = grammars.arguments_grammar(len(parameters) if parameters else self.arity or 0)
+        else:
+            grammar = {"value": grammars.literal_grammar, "message": grammars.message_grammar}[kind]()
+        stop = ("\n",) if kind == "signature" else (FENCE,)
+        return Field(kind, grammar if self.mode == "grammar" else None, stop, FIELD_TOKENS[kind])
 
 
-def answer_format(mode: AnswerMode, role: str, task_type: str, *, program: str | None = None,
+LAYOUTS = {  # the fields of each role's answer, in order
+    ("propose", "deduction"): ("signature", "body", "arguments"),
+    ("propose", "abduction"): ("signature", "body", "arguments"),
+    ("propose", "induction"): ("arguments", "message"),  # the arguments repeat n_inputs times
+    ("solve", "deduction"): ("value",),
+    ("solve", "abduction"): ("arguments",),
+    ("solve", "induction"): ("signature", "body"),
+}
+
+
+def answer_format(mode: AnswerMode, role: str, task_type: str, *, arity: int | None = None,
                   n_inputs: int = 1, stop_strings: tuple[str, ...] = ("</answer>",),
                   max_new_tokens: int = 512) -> AnswerFormat:
     """The format of one answer of `role` (propose | solve) for `task_type`.
 
-    `program` is the program the answer is about when the model does not write it (the induction
-    proposer's program, the abduction solver's program): its parameters fix the arguments' arity.
+    `arity`: the number of arguments of `f` when the answer does not choose it itself (a proposer of
+    deduction or abduction chooses it in its signature): the program's parameters for an abduction
+    solver or an induction proposer, the shown inputs' arguments for an induction solver.
     """
     if mode not in ANSWER_MODES:
         raise ValueError(f"unknown answer format {mode!r}; expected one of {', '.join(ANSWER_MODES)}")
     if mode == "free":
         return AnswerFormat("free", stop_strings=tuple(stop_strings), max_new_tokens=max_new_tokens)
-    arity = grammars.parameter_count(program) if program is not None else None
-    if program is not None and arity is None:
-        raise ValueError("the program of this answer defines no function with parameters")
-    layouts = {
-        ("propose", "deduction"): (("program", "arguments"), ("python", "input")),
-        ("propose", "abduction"): (("program", "arguments"), ("python", "input")),
-        ("propose", "induction"): (("arguments",) * n_inputs + ("message",), ("input",) * n_inputs + ("message",)),
-        ("solve", "deduction"): (("value",), ("output",)),
-        ("solve", "abduction"): (("arguments",), ("input",)),
-        ("solve", "induction"): (("program",), ("python",)),
-    }
-    if (role, task_type) not in layouts:
+    if (role, task_type) not in LAYOUTS:
         raise ValueError(f"no answer format for role {role!r} and task type {task_type!r}")
-    kinds, labels = layouts[(role, task_type)]
-    return AnswerFormat(mode, kinds, labels, arity=arity if "program" not in kinds else None)
+    kinds = LAYOUTS[(role, task_type)]
+    if (role, task_type) == ("propose", "induction"):
+        kinds = ("arguments",) * n_inputs + ("message",)
+    if arity is None and ("arguments" in kinds and "signature" not in kinds or (role, task_type) == ("solve", "induction")):
+        raise ValueError(f"a {role} answer for {task_type} needs the arity of f")
+    return AnswerFormat(mode, kinds, arity=arity)
 
 
-def format_for(config: AZRConfig, role: str, task_type: str, program: str | None = None) -> AnswerFormat:
-    """`answer_format` with the run's settings (answer format, induction inputs, free-mode stops and length).
-
-    `program`: the program a solver or induction proposer is shown (it fixes the arguments' arity)."""
+def format_for(config: AZRConfig, role: str, task_type: str, arity: int | None = None) -> AnswerFormat:
+    """`answer_format` with the run's settings (answer format, induction inputs, free-mode stops and length)."""
     return answer_format(
-        config.generation.answer_format, role, task_type, program=program,
+        config.generation.answer_format, role, task_type, arity=arity,
         n_inputs=config.validation.induction_num_inputs, stop_strings=tuple(config.sampling.stop_strings),
         max_new_tokens=config.sampling.max_new_tokens,
     )
 
 
+def program_arity(program: str) -> int:
+    """The number of arguments a call of `program`'s f takes (its positional parameters)."""
+    arity = grammars.parameter_count(program)
+    if arity is None:
+        raise ValueError("the program defines no function")
+    return arity
+
+
 def solver_format(config: AZRConfig, task: dict) -> AnswerFormat:
-    """The format of a solver's answer to `task` (abduction: one argument per parameter of its program)."""
-    program = task["program"] if task["task_type"] == "abduction" else None
-    return format_for(config, "solve", task["task_type"], program)
+    """The format of a solver's answer to `task`: for abduction one argument per parameter of its
+    program; for induction a signature with as many parameters as its inputs have arguments."""
+    arity = None
+    if task["task_type"] == "abduction":
+        arity = program_arity(task["program"])
+    elif task["task_type"] == "induction":
+        arity = grammars.argument_count(task["inputs"][0]) or 1
+    return format_for(config, "solve", task["task_type"], arity)

@@ -13,7 +13,7 @@ from azr.config import AZRConfig
 from azr.data_construction import proposer_request
 from azr.parsing import parse_proposal
 from azr.seeding import stage_rng, stage_seed
-from azr.formats import format_for
+from azr.formats import format_for, program_arity
 from stages.common import generate_batch, generation_columns, iteration_policy, policy_inputs, prompt_fits
 
 
@@ -31,7 +31,8 @@ def propose(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     policy = iteration_policy(config, run_dir, iteration)
     fits = prompt_fits(config, policy[1])
     requests = [proposer_request(str(t), buffer, config, rng, fits) for t in types]
-    formats = [format_for(config, "propose", str(t), program) for t, (_, _, program) in zip(types, requests)]
+    formats = [format_for(config, "propose", str(t), program_arity(program) if program else None)
+               for t, (_, _, program) in zip(types, requests)]
     rendered, generations = generate_batch(config, policy, [r[0] for r in requests], formats,
                                            stage_seed(config.seed, iteration, "propose"))
     strict = not config.is_forced(iteration)

@@ -59,15 +59,29 @@ def literal_value(node: ast.expr):
     return ast.literal_eval(node)
 
 
-def test_every_program_the_grammar_accepts_compiles_and_defines_f() -> None:
-    for text in accepted_strings(grammars.program_grammar(), 60, seed=1):
+@pytest.mark.parametrize("parameters", [("s",), ("nums", "k"), ("x", "y", "z")])
+def test_every_body_the_grammar_accepts_compiles_and_reads_only_known_names(parameters) -> None:
+    known = set(parameters) | set(grammars.LOCALS) | set(grammars.BUILTINS) | {"True", "False", "None"}
+    for text in accepted_strings(grammars.body_grammar(parameters), 40, seed=len(parameters)):
         assert text.endswith("\n" + FENCE)
-        source = "def f(" + text.removesuffix(FENCE)
+        source = f"def f({', '.join(parameters)}):\n" + text.removesuffix(FENCE)
         compile(source, "<program>", "exec")  # stricter than ast.parse: break outside a loop, say
         tree = ast.parse(source)
         assert [node.name for node in tree.body] == ["f"]
         assert isinstance(tree.body[0].body[-1], ast.Return)
         assert not any(isinstance(node, (ast.Import, ast.ImportFrom, ast.While, ast.Lambda)) for node in ast.walk(tree))
+        assert {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)} <= known
+
+
+@pytest.mark.parametrize("arity", [1, 2, 3, 4, None])
+def test_signatures_have_distinct_parameters_and_the_arity(arity) -> None:
+    arities = set()
+    for text in accepted_strings(grammars.signature_grammar(arity), 40, seed=arity or 0):
+        assert text.endswith("):\n")
+        parameters = grammars.signature_parameters(text)
+        assert parameters is not None and len(set(parameters)) == len(parameters)
+        arities.add(len(parameters))
+    assert arities == {arity} if arity else (arities <= {1, 2, 3} and len(arities) > 1)
 
 
 def test_every_literal_the_grammar_accepts_is_a_literal() -> None:
@@ -102,18 +116,23 @@ def test_parameter_count_reads_the_signature() -> None:
 def test_format_steps_for_a_deduction_proposal() -> None:
     fmt = answer_format("grammar", "propose", "deduction")
     first = fmt.next_step([])
-    assert first.scaffold == "<answer>\n```python\ndef f(" and first.field.name == "program"
-    second = fmt.next_step(["a, b):\n    return a + b\n```"])
-    assert second.scaffold == "\n```input\n" and second.field.grammar == grammars.arguments_grammar(2)
-    last = fmt.next_step(["a, b):\n    return a + b\n```", "1, 2\n```"])
+    assert first.scaffold == "<answer>\n```python\ndef f(" and first.field.grammar == grammars.signature_grammar()
+    second = fmt.next_step(["nums, k):\n"])
+    assert second.scaffold == "" and second.field.grammar == grammars.body_grammar(("nums", "k"))
+    third = fmt.next_step(["nums, k):\n", "    return nums[k]\n```"])
+    assert third.scaffold == "\n```input\n" and third.field.grammar == grammars.arguments_grammar(2)
+    last = fmt.next_step(["nums, k):\n", "    return nums[k]\n```", "[1, 2], 1\n```"])
     assert last.scaffold == "\n</answer>" and last.field is None
-    # A program cut off by the token limit has no signature to fill in: the answer is closed as it stands.
-    cut = fmt.next_step(["a, b):\n    return (a"], truncated=True)
+    # A body cut off by the token limit: its fence is closed and the input follows, as the program stands.
+    cut = fmt.next_step(["nums, k):\n", "    return nums["], truncated=True)
+    assert cut.scaffold == "\n```\n```input\n" and cut.field.grammar == grammars.arguments_grammar(2)
+    # A signature cut off has no body to follow: the answer is closed as it stands.
+    cut = fmt.next_step(["nums, "], truncated=True)
     assert cut.scaffold == "\n```\n</answer>" and cut.field is None
 
 
 def test_prefill_has_the_scaffold_but_no_grammar() -> None:
-    fmt = answer_format("prefill", "solve", "abduction", program="def f(x, y):\n    return x")
+    fmt = answer_format("prefill", "solve", "abduction", arity=2)
     step = fmt.next_step([])
     assert step.scaffold == "<answer>\n```input\n" and step.field.grammar is None and step.field.stop == (FENCE,)
 
@@ -124,21 +143,15 @@ def tiny(tmp_path_factory):
     return load_model(ModelConfig(name_or_path="tiny-random", cache_dir=str(tmp_path_factory.mktemp("models"))))
 
 
-ROLES = [
-    ("propose", "deduction", None),
-    ("propose", "abduction", None),
-    ("propose", "induction", "def f(s, n):\n    return s * n"),
-    ("solve", "deduction", None),
-    ("solve", "abduction", "def f(xs, k):\n    return xs[k]"),
-    ("solve", "induction", None),
-]
+ROLES = [("propose", "deduction", None), ("propose", "abduction", None), ("propose", "induction", 2),
+         ("solve", "deduction", None), ("solve", "abduction", 2), ("solve", "induction", 1)]
 
 
-@pytest.mark.parametrize("role, task_type, program", ROLES)
-def test_grammar_answers_parse_strictly_and_mark_the_scaffold(tiny, role, task_type, program) -> None:
+@pytest.mark.parametrize("role, task_type, arity", ROLES)
+def test_grammar_answers_parse_strictly_and_mark_the_scaffold(tiny, role, task_type, arity) -> None:
     model, tokenizer = tiny
     sampling = SamplingConfig(temperature=1.0, max_new_tokens=250, batch_size=4)
-    fmt = answer_format("grammar", role, task_type, program=program, n_inputs=3)
+    fmt = answer_format("grammar", role, task_type, arity=arity, n_inputs=3)
     rendered = [prompts.render_chat(tokenizer, f"{role} a {task_type} task, {i}") for i in range(4)]
     for gen in generate(HFBackend(model, tokenizer, sampling), tokenizer, rendered, [fmt] * 4, sampling, seed=11):
         assert len(gen.response_ids) == len(gen.response_mask) == len(gen.logprobs)
@@ -152,9 +165,8 @@ def test_grammar_answers_parse_strictly_and_mark_the_scaffold(tiny, role, task_t
             parsed = parse_proposal(task_type, gen.text, strict=True, n_inputs=3)
             assert parsed.ok, (parsed.reason, gen.text)
             inputs = parsed.inputs if task_type == "induction" else [parsed.input]
-            arity = grammars.parameter_count(program or parsed.program)
-            for text in inputs:
-                assert len(ast.parse(f"f({text})", mode="eval").body.args) == arity
+            expected = arity or grammars.parameter_count(parsed.program)
+            assert all(grammars.argument_count(text) == expected for text in inputs)
         else:
             parsed = parse_answer(task_type, gen.text, strict=True)
             assert parsed.ok, (parsed.reason, gen.text)
@@ -171,12 +183,14 @@ def test_free_answers_are_all_the_models(tiny) -> None:
 def test_program_sizes_are_bounded():
     """A real SmolLM2 program nested `key[key[key[...]]]` until it ran out of tokens."""
     info = xgr.TokenizerInfo(CHARS)
-    compiled = xgr.GrammarCompiler(info).compile_grammar(grammars.program_grammar())
+    compiled = xgr.GrammarCompiler(info).compile_grammar(grammars.body_grammar(("s",)))
 
     def accepts(text: str) -> bool:
         return xgr.GrammarMatcher(compiled, terminate_without_stop_token=True).accept_string(text)
 
-    assert accepts("s):\n    return s[s[s[1]]]\n```")
-    assert not accepts("s):\n    return s[s[s[s[1]]]]\n```")
-    assert accepts("s):\n" + "    r = 1\n" * 4 + "    return r\n```")
-    assert not accepts("s):\n" + "    r = 1\n" * 5 + "    return r\n```")
+    assert accepts("    return s[s[1]]\n```")
+    assert not accepts("    return s[s[s[1]]]\n```")
+    assert not accepts("    return s + s + s + s\n```")  # three terms at most
+    assert accepts("    r = 1\n" * 4 + "    return r\n```")
+    assert not accepts("    r = 1\n" * 5 + "    return r\n```")
+    assert not accepts("    return k\n```")  # not a parameter of this signature, nor a local
