@@ -60,7 +60,7 @@ def rendered(tiny) -> list[str]:
 def formats(cfg):
     """Constrained fields of each kind: a literal, a program and its input, two arguments."""
     return [format_for(cfg, "solve", "deduction"), format_for(cfg, "propose", "deduction"),
-            format_for(cfg, "solve", "abduction", "def f(a, b):\n    return a"), format_for(cfg, "solve", "deduction")]
+            format_for(cfg, "solve", "abduction", 2), format_for(cfg, "solve", "deduction")]
 
 
 def training_logprobs(model, gen, temperature: float) -> torch.Tensor:

@@ -81,7 +81,7 @@ def test_server_mode_serves_each_policy_with_the_training_log_probs(server, tmp_
     model, tokenizer = load_model(cfg.model)
     rendered = [prompts.render_chat(tokenizer, p) for p in ["hi", "abc", "Work out f(2)"]]
     formats = [format_for(cfg, "solve", "deduction"), format_for(cfg, "propose", "deduction"),
-               format_for(cfg, "solve", "abduction", "def f(a, b):\n    return a")]
+               format_for(cfg, "solve", "abduction", 2)]
     first = generate(open_backend(cfg, model, tokenizer), tokenizer, rendered, formats, cfg.sampling, seed=4)
     assert_logprobs_are_the_training_pass(model, first, 0.8)
     assert generate(open_backend(cfg, model, tokenizer), tokenizer, rendered, formats, cfg.sampling, seed=4) == first
