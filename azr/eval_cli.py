@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich import box
+from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Column, Table
 
@@ -191,5 +192,5 @@ def compare_command(
             table.add_row(key, _cell(a[0]), _cell(a[1]), _cell(b[0]), _cell(b[1]), _cell(delta))
         console.print(table)
     a, b = _evaluation(run_a), _evaluation(run_b)
-    if a is not None and b is not None:
-        console.print(_paired_table(a, b, run_a.name, run_b.name))
+    if a is not None and b is not None:  # a table to read whole, in a log file too (rich squeezes it to 80 there)
+        Console(width=max(console.width, 120), soft_wrap=False).print(_paired_table(a, b, run_a.name, run_b.name))
