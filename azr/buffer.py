@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 
 from azr.dedup import task_key
-from azr.literals import arguments_key
 from azr.schemas import BUFFER
 
 BUFFER_COLUMNS = BUFFER.names
@@ -52,8 +51,3 @@ def sample_references(buffer: pd.DataFrame, k: int, rng: np.random.Generator) ->
     """K tasks drawn uniformly without replacement (all of them when the buffer is smaller)."""
     k = min(k, len(buffer))
     return buffer.iloc[sorted(rng.choice(len(buffer), size=k, replace=False))] if k else buffer.iloc[:0]
-
-
-def induction_candidates(buffer: pd.DataFrame, min_pairs: int) -> pd.DataFrame:
-    """Tasks with enough input/output pairs, distinct by value, to be posed as induction tasks."""
-    return buffer[buffer["inputs"].map(lambda xs: xs is not None and len({arguments_key(x) or x for x in xs}) >= min_pairs)]

@@ -14,10 +14,28 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, WithJsonSchema, field_validator, model_validator
 
-TaskType = Literal["abduction", "deduction", "induction"]
-TASK_TYPES: tuple[str, ...] = ("abduction", "deduction", "induction")
+DEFAULT_TASK_TYPES = ("abduction", "deduction", "induction")
+
+
+def _registered(name: str) -> str:
+    """A task type the registry knows (azr.task_types, imported here so that it needs no config)."""
+    from azr import task_types
+
+    task_types.get(name)  # a ValueError that lists the known ones
+    return name
+
+
+def _registered_enum(schema: dict[str, Any]) -> None:
+    """The form lists the registered task types to choose from."""
+    from azr import task_types
+
+    schema["items"] = {**schema.get("items", {}), "enum": list(task_types.names())}
+
+
+# The name of a registered task type (azr.task_types): deduction, abduction, induction, or one added there.
+TaskTypeName = Annotated[str, AfterValidator(_registered)]
 
 DEFAULT_BANNED_MODULES = [
     "random", "time", "datetime", "os", "sys", "subprocess", "socket", "threading",
@@ -346,8 +364,9 @@ class EvalConfig(Section):
         default_factory=lambda: ["heldout"],
         description="Held-out sets: 'heldout' (shipped, one per task type) or JSONL files (CRUXEval format, or induction programs with inputs).", title="Held-out sets",
     )
-    task_types: list[TaskType] = Field(
-        default_factory=lambda: ["abduction", "deduction", "induction"], description="Task types (modes) to evaluate.", title="Task types evaluated"
+    task_types: list[TaskTypeName] = Field(
+        default_factory=lambda: list(DEFAULT_TASK_TYPES), description="Task types (modes) to evaluate.", title="Task types evaluated",
+        json_schema_extra=_registered_enum,
     )
     samples: int = Field(1, gt=0, description="Answers per problem: 1 = greedy; more = sampled at sampling.temperature.", title="Answers per problem")
     pass_k: list[int] = Field(
@@ -377,8 +396,9 @@ class AZRConfig(Section):
     seed: int = Field(0, description="Run seed; every stage derives its own from (seed, iteration, stage).", title="Seed")
     num_iterations: int = Field(100, gt=0, description="Self-play iterations in the run.", title="Iterations")
     tasks_per_iteration: int = Field(5, gt=0, description="Proposals per iteration (and the solve batch size).", title="Tasks per iteration")
-    task_types: list[TaskType] = Field(
-        default_factory=lambda: ["abduction", "deduction", "induction"], description="Task types to propose.", title="Task types"
+    task_types: list[TaskTypeName] = Field(
+        default_factory=lambda: list(DEFAULT_TASK_TYPES), description="Task types to propose (registered in azr.task_types).",
+        title="Task types", json_schema_extra=_registered_enum,
     )
     task_distribution: list[float] = Field(
         default_factory=lambda: [0.3, 0.3, 0.4], description="Probability of each entry of task_types.", title="Task distribution"

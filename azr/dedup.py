@@ -27,6 +27,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from azr import task_types
 from azr.literals import arguments_key
 from azr.sandbox.safety import bound_names
 
@@ -112,8 +113,8 @@ def max_similarity(program: str, others: Iterable[str]) -> float:
 
 
 def inputs_key(task_type: str, task: dict[str, Any]) -> str:
-    """The task's input (deduction, abduction) or its set of inputs (induction), compared by value."""
-    texts = list(task["inputs"]) if task_type == "induction" else [task["input"]]
+    """The task's input, or its set of inputs for a type whose tasks are pairs (induction), compared by value."""
+    texts = list(task["inputs"]) if task_types.get(task_type).shows_pairs else [task["input"]]
     keys = sorted({arguments_key(text) or "raw:" + text.strip() for text in texts})
     return "|".join(keys)
 

@@ -6,7 +6,6 @@ Registered on the `azr` app by importing this module from `azr.cli`.
 from __future__ import annotations
 
 import math
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -20,12 +19,6 @@ from azr.cli import ConfigOption, SetOption, app, console, err_console, resolve_
 from azr.config import AZRConfig, ConfigError, load_config
 
 LOWER_IS_BETTER = ("loss", "seconds", "kl", "grad_norm", "memory")  # metric names where best = min
-
-
-class Mode(str, Enum):
-    deduction = "deduction"
-    abduction = "abduction"
-    induction = "induction"
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -65,7 +58,7 @@ def _load_eval_policy(model: Optional[str], iteration: Optional[int], config: Op
 
 @app.command("eval")
 def eval_command(
-    mode: Annotated[Mode, typer.Option("--mode", help="deduction (output prediction), abduction (input prediction) or induction.")],
+    mode: Annotated[str, typer.Option("--mode", help="A task type: deduction (output prediction), abduction (input prediction), induction, or one registered in azr.task_types.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write, one row per answer.")],
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Built-in name, HF directory or hub id, a run's checkpoint directory, or a run directory; default: model.name_or_path.")] = None,
     iteration: Annotated[Optional[int], typer.Option("--iteration", min=0, help="With a run directory: the weights after this iteration (0 = base model); default: the newest.")] = None,
@@ -82,13 +75,13 @@ def eval_command(
     overrides = list(set_ or []) + [f"eval.{key}={value}" for key, value in (("limit", limit), ("samples", samples))
                                     if value is not None]
     try:
-        if mode.value not in benchmark_task_types(benchmark):  # before the slow model load
-            raise BenchmarkError(f"{benchmark} has no {mode.value} problems (it serves {', '.join(benchmark_task_types(benchmark))})")
+        if mode not in benchmark_task_types(benchmark):  # before the slow model load
+            raise BenchmarkError(f"{benchmark} has no {mode} problems (it serves {', '.join(benchmark_task_types(benchmark))})")
         loaded, tokenizer, cfg, run_name, iteration, source = _load_eval_policy(model, iteration, config, overrides)
         console.print(f"model: {source}", highlight=False)
         with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), console=console) as bar:
-            task = bar.add_task(mode.value, total=None)
-            frame = run_evaluation(loaded, tokenizer, cfg, sets=[benchmark], task_types=[mode.value], run=run_name,
+            task = bar.add_task(mode, total=None)
+            frame = run_evaluation(loaded, tokenizer, cfg, sets=[benchmark], task_types=[mode], run=run_name,
                                    iteration=iteration,
                                    progress=lambda label, done, total: bar.update(task, description=label,
                                                                                   completed=done, total=total))

@@ -31,18 +31,13 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from azr import prompts, schemas
-from azr.config import TASK_TYPES, AZRConfig, SamplingConfig
-from azr.answers import score_responses
-from azr.data_construction import solver_view, split_induction
-from azr.formats import solver_format
-from azr.parsing import ANSWER_KIND
+from azr import prompts, schemas, task_types
+from azr.config import AZRConfig, SamplingConfig
 from azr.seeding import stage_seed
+from azr.solving import answer_problems
 
 HELDOUT = "heldout"
 HELDOUT_DIR = Path(__file__).parent / "data" / "heldout"
-PAIR_TYPES = ("abduction", "deduction")  # the modes a CRUXEval-format file serves
-GOLD_KEY = {"deduction": "output", "abduction": "input", "induction": "program"}
 
 EVAL = pa.schema(schemas.KEYS + [
     ("set", schemas.STR), ("sample", schemas.INT), ("prompt", schemas.STR), ("response", schemas.STR),
@@ -80,15 +75,17 @@ def set_label(set_name: str) -> str:
 
 
 def benchmark_task_types(set_name: str) -> tuple[str, ...]:
-    """The modes a set serves: all three for `heldout`; from its first row's keys for a file."""
+    """The modes a set serves: every registered type for `heldout` (one file each); for a file, the
+    types whose keys its first row holds (a CRUXEval row: deduction and abduction)."""
     if set_name == HELDOUT:
-        return TASK_TYPES
-    path = benchmark_path(set_name, "deduction")
+        return task_types.names()
+    path = benchmark_path(set_name, task_types.names()[0])
     with open(path) as fh:
         first = next((line for line in fh if line.strip()), None)
     if first is None:
         raise BenchmarkError(f"{path}: benchmark file is empty")
-    return ("induction",) if "inputs" in _json_row(first, path, 1) else PAIR_TYPES
+    row = _json_row(first, path, 1)
+    return tuple(name for name in task_types.names() if all(key in row for key in task_types.get(name).benchmark_keys))
 
 
 def read_problems(path: str | Path, task_type: str, limit: int | None = None) -> list[dict[str, Any]]:
@@ -126,56 +123,33 @@ def _problem(row: dict[str, Any], task_type: str, where: str) -> dict[str, Any]:
     program = row.get("code", row.get("program"))
     if not isinstance(program, str) or not program.strip():
         raise BenchmarkError(f"{where}: needs the program as a string in 'code' or 'program'")
-    task_id = str(row.get("id", where.rsplit(":", 1)[-1]))
-    task = {"task_id": task_id, "task_type": task_type, "program": program,
-            "input": None, "output": None, "inputs": [], "outputs": [], "message": "", "shown": []}
-    if task_type == "induction":
-        inputs = row.get("inputs")
-        if not isinstance(inputs, list) or len(inputs) < 2 or not all(isinstance(i, str) for i in inputs):
-            raise BenchmarkError(f"{where}: induction needs 'inputs', a list of at least 2 argument strings")
-        message = row.get("message", "")
-        if not isinstance(message, str):
-            raise BenchmarkError(f"{where}: 'message' must be a string")
-        return {**task, "inputs": inputs, "message": message}
-    for key in ("input", "output"):
-        if not isinstance(row.get(key), str):
-            raise BenchmarkError(f"{where}: {task_type} needs '{key}' as a string (CRUXEval format: code, input, output, id)")
-    return {**task, "input": row["input"], "output": row["output"]}
-
-
-def complete_induction(sandbox, problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Induction problems with their outputs (run in the sandbox) and a fixed half of the pairs shown.
-
-    The shown half depends only on the problem id, so every model sees the same pairs."""
-    results = sandbox.validate([(p["program"], list(p["inputs"])) for p in problems])
-    completed = []
-    for problem, result in zip(problems, results):
-        if result.status != "ok":
-            raise BenchmarkError(f"induction problem {problem['task_id']}: the program does not run on its "
-                                 f"inputs in the sandbox ({result.status}: {result.error})")
-        rng = np.random.default_rng(zlib.crc32(problem["task_id"].encode()))
-        shown = split_induction(len(problem["inputs"]), rng)
-        completed.append({**problem, "outputs": list(result.outputs), "shown": shown})
-    return completed
+    try:
+        return task_types.get(task_type).problem(row, str(row.get("id", where.rsplit(":", 1)[-1])), program, where)
+    except ValueError as exc:
+        raise BenchmarkError(str(exc)) from None
 
 
 def load_set(sandbox, set_name: str, task_type: str, limit: int | None = None) -> list[dict[str, Any]]:
-    """The problems of one set in one mode, ready to prompt (induction outputs computed)."""
+    """The problems of one set in one mode, ready to prompt (what a row does not hold, such as
+    induction outputs, computed in the sandbox)."""
     problems = read_problems(benchmark_path(set_name, task_type), task_type, limit)
-    return complete_induction(sandbox, problems) if task_type == "induction" else problems
+    try:
+        return task_types.get(task_type).complete(sandbox, problems)
+    except ValueError as exc:
+        raise BenchmarkError(str(exc)) from None
 
 
 # ---------------------------------------------------------------- checking answers
 
 
 def gold_answer(problem: dict[str, Any]) -> str:
-    """The reference answer: the output (deduction), the input (abduction), the program (induction)."""
-    return problem[GOLD_KEY[problem["task_type"]]]
+    """The reference answer: its task type's `gold_key` (the output, the input, the program)."""
+    return problem[task_types.get(problem["task_type"]).gold_key]
 
 
 def answer_response(task_type: str, answer: str) -> str:
     """A response that gives `answer` in the format the solver prompt asks for."""
-    return f"<think>known answer</think>\n<answer>\n```{ANSWER_KIND[task_type]}\n{answer}\n```\n</answer>"
+    return f"<think>known answer</think>\n<answer>\n```{task_types.get(task_type).answer_label}\n{answer}\n```\n</answer>"
 
 
 # ---------------------------------------------------------------- running the model
@@ -195,30 +169,17 @@ def evaluate_problems(model, tokenizer, sandbox, problems: list[dict[str, Any]],
                       progress: Progress | None = None) -> list[dict[str, Any]]:
     """`eval.samples` answers per problem from the model, scored: one row per answer (no run keys).
 
-    `progress(done, total)` is called after each batch of `sampling.batch_size` answers."""
-    from azr.generation import generate, open_backend  # torch is slow to import; reading and scoring do without it
-
+    `progress(done, total)` reports the fields written so far (azr.solving)."""
     started = time.perf_counter()
-    sampling = eval_sampling(config)
-    backend = open_backend(config, model, tokenizer, sampling)
-    mode = config.generation.answer_format
-    rollouts = [(p, sample) for p in problems for sample in range(config.eval.samples)]
-    rendered = [prompts.render_chat(tokenizer, prompts.solver_prompt(p["task_type"], solver_view(p), mode))
-                for p, _ in rollouts]
-    formats = [solver_format(config, p) for p, _ in rollouts]
-    generations = []
-    for start in range(0, len(rendered), sampling.batch_size):
-        end = start + sampling.batch_size
-        generations += generate(backend, tokenizer, rendered[start:end], formats[start:end], sampling, seed=seed + start)
-        if progress is not None:
-            progress(len(generations), len(rendered))
-    scores = score_responses(sandbox, [p for p, _ in rollouts], [g.text for g in generations], config.eval.strict)
-    seconds = (time.perf_counter() - started) / max(len(rollouts), 1)
+    answers = answer_problems(config, (model, tokenizer), sandbox, problems, samples=config.eval.samples,
+                              sampling=eval_sampling(config), seed=seed, strict=config.eval.strict,
+                              progress=(lambda done, total, tokens: progress(done, total)) if progress else None)
+    seconds = (time.perf_counter() - started) / max(len(answers), 1)
     return [
-        {"task_id": p["task_id"], "task_type": p["task_type"], "sample": sample, "prompt": prompt,
-         "response": g.text, "response_tokens": len(g.response_ids), "finish_reason": g.finish_reason,
-         **score, "gold": gold_answer(p), "eval_seconds": seconds}
-        for (p, sample), prompt, g, score in zip(rollouts, rendered, generations, scores)
+        {"task_id": a.problem["task_id"], "task_type": a.problem["task_type"], "sample": a.sample, "prompt": a.prompt,
+         "response": a.generation.text, "response_tokens": len(a.generation.response_ids),
+         "finish_reason": a.generation.finish_reason, **a.score, "gold": gold_answer(a.problem), "eval_seconds": seconds}
+        for a in answers
     ]
 
 
@@ -280,8 +241,8 @@ def eval_metrics(frame: pd.DataFrame, ks: list[int] = (1,)) -> dict[str, float]:
 
 
 def _check_task_type(task_type: str) -> None:
-    if task_type not in TASK_TYPES:
-        raise BenchmarkError(f"unknown mode {task_type!r}; expected one of {', '.join(TASK_TYPES)}")
+    if task_type not in task_types.names():
+        raise BenchmarkError(f"unknown mode {task_type!r}; expected one of {', '.join(task_types.names())}")
 
 
 # ---------------------------------------------------------------- comparing two evaluations

@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from azr import grammars
+from azr import grammars, task_types
 from azr.config import AZRConfig
 
 AnswerMode = Literal["free", "prefill", "grammar"]
@@ -95,6 +95,10 @@ class AnswerFormat:
         opening = "<answer>\n" if position == 0 else ("\n" + FENCE if truncated else "") + "\n"
         return Step(f"{opening}{FENCE}{LABELS[kind]}\n" + (PROGRAM_START if kind == "signature" else ""), field)
 
+    def field_count(self) -> int:
+        """The fields this answer plans to have (fewer when one is cut off)."""
+        return len(self.kinds) if self.mode != "free" else 1
+
     def closing(self, truncated: bool) -> str:
         """The scaffold that ends the answer as it stands (no more fields)."""
         if self.mode == "free":
@@ -118,41 +122,32 @@ class AnswerFormat:
         return Field(kind, grammar if self.mode == "grammar" else None, stop, FIELD_TOKENS[kind])
 
 
-LAYOUTS = {  # the fields of each role's answer, in order
-    ("propose", "deduction"): ("signature", "body", "arguments"),
-    ("propose", "abduction"): ("signature", "body", "arguments"),
-    ("propose", "induction"): ("arguments", "message"),  # the arguments repeat n_inputs times
-    ("solve", "deduction"): ("value",),
-    ("solve", "abduction"): ("arguments",),
-    ("solve", "induction"): ("signature", "body"),
-}
-
-
 def answer_format(mode: AnswerMode, role: str, task_type: str, *, arity: int | None = None,
                   n_inputs: int = 1, stop_strings: tuple[str, ...] = ("</answer>",),
                   max_new_tokens: int = 512) -> AnswerFormat:
-    """The format of one answer of `role` (propose | solve) for `task_type`.
+    """The format of one answer of `role` (propose | solve) for `task_type` (its fields: the type's
+    `propose_layout` or `solve_layout`, azr.task_types).
 
-    `arity`: the number of arguments of `f` when the answer does not choose it itself (a proposer of
-    deduction or abduction chooses it in its signature): the program's parameters for an abduction
-    solver or an induction proposer, the shown inputs' arguments for an induction solver.
+    `arity`: the number of arguments of `f` when the answer does not choose it itself in a signature
+    of its own: the program's parameters for an abduction solver or an induction proposer, the shown
+    inputs' arguments for an induction solver's signature.
     """
     if mode not in ANSWER_MODES:
         raise ValueError(f"unknown answer format {mode!r}; expected one of {', '.join(ANSWER_MODES)}")
     if mode == "free":
         return AnswerFormat("free", stop_strings=tuple(stop_strings), max_new_tokens=max_new_tokens)
-    if (role, task_type) not in LAYOUTS:
-        raise ValueError(f"no answer format for role {role!r} and task type {task_type!r}")
-    kinds = LAYOUTS[(role, task_type)]
-    if (role, task_type) == ("propose", "induction"):
-        kinds = ("arguments",) * n_inputs + ("message",)
-    if arity is None and ("arguments" in kinds and "signature" not in kinds or (role, task_type) == ("solve", "induction")):
+    if role not in ("propose", "solve"):
+        raise ValueError(f"no answer format for role {role!r}; expected propose or solve")
+    kind = task_types.get(task_type)
+    kinds = kind.propose_layout(n_inputs) if role == "propose" else kind.solve_layout
+    writes_own_signature = role == "propose" and "signature" in kinds
+    if arity is None and not writes_own_signature and ("arguments" in kinds or "signature" in kinds):
         raise ValueError(f"a {role} answer for {task_type} needs the arity of f")
-    return AnswerFormat(mode, kinds, arity=arity)
+    return AnswerFormat(mode, kinds, arity=None if writes_own_signature else arity)
 
 
 def format_for(config: AZRConfig, role: str, task_type: str, arity: int | None = None) -> AnswerFormat:
-    """`answer_format` with the run's settings (answer format, induction inputs, free-mode stops and length)."""
+    """`answer_format` with the run's settings (answer format, inputs of a given program, free-mode stops and length)."""
     return answer_format(
         config.generation.answer_format, role, task_type, arity=arity,
         n_inputs=config.validation.induction_num_inputs, stop_strings=tuple(config.sampling.stop_strings),
@@ -169,11 +164,5 @@ def program_arity(program: str) -> int:
 
 
 def solver_format(config: AZRConfig, task: dict) -> AnswerFormat:
-    """The format of a solver's answer to `task`: for abduction one argument per parameter of its
-    program; for induction a signature with as many parameters as its inputs have arguments."""
-    arity = None
-    if task["task_type"] == "abduction":
-        arity = program_arity(task["program"])
-    elif task["task_type"] == "induction":
-        arity = grammars.argument_count(task["inputs"][0]) or 1
-    return format_for(config, "solve", task["task_type"], arity)
+    """The format of a solver's answer to `task`, with the arity its task type reads off the task."""
+    return format_for(config, "solve", task["task_type"], task_types.get(task["task_type"]).solver_arity(task))

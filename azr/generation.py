@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field, replace
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TopPLogitsWarper
@@ -48,9 +48,11 @@ class Piece:
 
 
 class Backend(Protocol):
-    """An engine that completes fields: each context (token ids) continued under its `Field`."""
+    """An engine that completes fields: each context (token ids) continued under its `Field`.
+    `on_chunk(fields, tokens)`, when given, is called as pieces are done (for progress)."""
 
-    def complete(self, contexts: list[list[int]], fields: list[Field], seeds: list[int]) -> list[Piece]: ...
+    def complete(self, contexts: list[list[int]], fields: list[Field], seeds: list[int],
+                 on_chunk: Callable[[int, int], None] | None = None) -> list[Piece]: ...
 
 
 def logprob_temperature(sampling: SamplingConfig) -> float:
@@ -76,6 +78,7 @@ class _Answer:
     pending: Field | None = None  # the field the backend writes next
     max_field_tokens: int = 0  # sampling.max_new_tokens
     done: bool = False
+    counted: bool = False  # its unwritten fields have been counted as done (progress)
 
     def write(self, tokens: list[int]) -> None:
         self.response_ids += tokens
@@ -84,13 +87,15 @@ class _Answer:
 
 
 def generate(backend: Backend, tokenizer: PreTrainedTokenizerBase, prompts: list[str],
-             formats: Sequence[AnswerFormat], sampling: SamplingConfig, seed: int) -> list[Generation]:
+             formats: Sequence[AnswerFormat], sampling: SamplingConfig, seed: int,
+             progress: Callable[[int, int, int], None] | None = None) -> list[Generation]:
     """One answer per prompt, written step by step in its format; same seed, same answers.
 
     `prompts` are rendered text (see `azr.prompts.render_chat`), never truncated: the caller keeps
     them under `sampling.max_prompt_tokens` (azr.prompts drops references rather than cut the
     instructions). `sampling.max_new_tokens` bounds each field the model writes (each field kind
     also has its own bound, azr.formats), so a long field never starves the ones after it.
+    `progress(fields written, fields in all, tokens written)` is called as the backend goes.
     """
     answers = [_Answer(_encode(tokenizer, p), f, max_field_tokens=sampling.max_new_tokens)
                for p, f in zip(prompts, formats, strict=True)]
@@ -98,18 +103,23 @@ def generate(backend: Backend, tokenizer: PreTrainedTokenizerBase, prompts: list
     if too_long:
         raise ValueError(f"{len(too_long)} prompt(s) longer than sampling.max_prompt_tokens={sampling.max_prompt_tokens} "
                          f"(the first has {len(answers[too_long[0]].prompt_ids)} tokens)")
+    counts = _Counts(sum(f.field_count() for f in formats), progress)
     step = 0
     while True:
         active = []
         for index, answer in enumerate(answers):
             if not answer.done and (answer.pending is not None or _advance(answer, tokenizer)):
                 active.append(index)
+            elif answer.done and not answer.counted:  # closed before its last planned field
+                counts.skip(answer.format.field_count() - len(answer.fields))
+                answer.counted = True
         if not active:
             break
         pieces = backend.complete(
             [answers[i].prompt_ids + answers[i].response_ids for i in active],
             [answers[i].pending for i in active],
             [request_seed(seed, i, step) for i in active],
+            on_chunk=counts.add,
         )
         for index, piece in zip(active, pieces, strict=True):
             _take(answers[index], piece, tokenizer)
@@ -119,6 +129,24 @@ def generate(backend: Backend, tokenizer: PreTrainedTokenizerBase, prompts: list
                    a.response_mask, a.logprobs, a.finish_reason)
         for a in answers
     ]
+
+
+@dataclass
+class _Counts:
+    """Fields written and tokens, for a progress callback."""
+
+    total: int
+    progress: Callable[[int, int, int], None] | None
+    fields: int = 0
+    tokens: int = 0
+
+    def add(self, fields: int, tokens: int) -> None:
+        self.fields, self.tokens = self.fields + fields, self.tokens + tokens
+        if self.progress is not None:
+            self.progress(self.fields, self.total, self.tokens)
+
+    def skip(self, fields: int) -> None:
+        self.total -= fields
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
@@ -193,16 +221,19 @@ class HFBackend:
         self.eos_ids = _eos_ids(model, tokenizer)
         self._grammars = None  # azr.constraints.GrammarCache, made on first use
 
-    def complete(self, contexts: list[list[int]], fields: list[Field], seeds: list[int]) -> list[Piece]:
+    def complete(self, contexts: list[list[int]], fields: list[Field], seeds: list[int],
+                 on_chunk: Callable[[int, int], None] | None = None) -> list[Piece]:
         # Chunks of similar length waste less compute on padding (a task's rollouts land together).
         order = sorted(range(len(contexts)), key=lambda i: (len(contexts[i]), contexts[i]))
         pieces: list[Piece | None] = [None] * len(contexts)
         size = self.sampling.batch_size
         for start in range(0, len(order), size):
             chunk = order[start:start + size]
-            for i, piece in zip(chunk, self._complete_chunk([contexts[i] for i in chunk], [fields[i] for i in chunk],
-                                                             [seeds[i] for i in chunk])):
+            done = self._complete_chunk([contexts[i] for i in chunk], [fields[i] for i in chunk], [seeds[i] for i in chunk])
+            for i, piece in zip(chunk, done):
                 pieces[i] = piece
+            if on_chunk is not None:
+                on_chunk(len(done), sum(len(p.token_ids) for p in done))
         return pieces
 
     def grammar_matcher(self, grammar: str):

@@ -5,7 +5,8 @@ blocks labelled `python`, `input`, `output` or `message`. Lenient parsing (used 
 acceptance applies) takes what it can: the text after the last `<answer>` or else the whole
 generation, the labelled block if there is one, else the last fenced block, else the last line.
 
-Every parse returns `ok` and either the fields or a `reason` from `REASONS`.
+Every parse returns `ok` and either the fields or a `reason` from `REASONS`. Which parse reads which
+role's answer is its task type's choice (`azr.task_types`).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ REASONS = (
 
 LENIENT_MIN_INPUTS = 2  # an induction task needs one shown and one hidden pair at the least
 
-ANSWER_KIND = {"deduction": "output", "abduction": "input", "induction": "python"}
 LABEL_ALIASES = {"py": "python", "python3": "python", "msg": "message"}
 
 _ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
@@ -48,27 +48,24 @@ class ParsedProposal:
     ok: bool
     reason: str | None = None
     program: str | None = None
-    input: str | None = None  # deduction / abduction
-    inputs: list[str] | None = None  # induction
-    message: str | None = None  # induction
+    input: str | None = None  # a program's one input (parse_program_proposal)
+    inputs: list[str] | None = None  # inputs for a given program (parse_inputs_proposal)
+    message: str | None = None  # with those inputs
 
 
 @dataclass(frozen=True)
 class ParsedAnswer:
     ok: bool
     reason: str | None = None
-    answer: str | None = None  # output text (deduction), input text (abduction), program (induction)
+    answer: str | None = None  # the block's text: a value, an argument list, or a program
 
 
-def parse_proposal(task_type: str, text: str, strict: bool, n_inputs: int = 10) -> ParsedProposal:
-    """Parse a proposer generation: program + input (deduction, abduction) or inputs + message (induction)."""
-    _check_task_type(task_type)
+def parse_program_proposal(text: str, strict: bool) -> ParsedProposal:
+    """A proposer's program and its one input (deduction, abduction)."""
     region = answer_region(text.replace("\r\n", "\n"), strict)
     if region is None:
         return ParsedProposal(ok=False, reason="no_answer_tag")
     blocks = fenced_blocks(region, allow_unclosed=not strict)
-    if task_type == "induction":
-        return _induction_proposal(region, blocks, strict, n_inputs)
     program_block = _program_block(blocks, strict)
     if program_block is None and not strict:
         program_block = _indented_def(region)
@@ -83,29 +80,42 @@ def parse_proposal(task_type: str, text: str, strict: bool, n_inputs: int = 10) 
     return ParsedProposal(ok=True, program=program_block.body, input=input_text)
 
 
-def parse_answer(task_type: str, text: str, strict: bool) -> ParsedAnswer:
-    """Parse a solver generation: the output (deduction), the input (abduction) or the program (induction)."""
-    _check_task_type(task_type)
+def parse_inputs_proposal(text: str, strict: bool, n_inputs: int) -> ParsedProposal:
+    """A proposer's inputs for a given program, and its message (induction)."""
+    region = answer_region(text.replace("\r\n", "\n"), strict)
+    if region is None:
+        return ParsedProposal(ok=False, reason="no_answer_tag")
+    return _induction_proposal(region, fenced_blocks(region, allow_unclosed=not strict), strict, n_inputs)
+
+
+def parse_value_answer(text: str, strict: bool, label: str) -> ParsedAnswer:
+    """A solver's answer given in a block labelled `label` (an output, an input)."""
     region = answer_region(text.replace("\r\n", "\n"), strict)
     if region is None:
         return ParsedAnswer(ok=False, reason="no_answer_tag")
     blocks = fenced_blocks(region, allow_unclosed=not strict)
-    if task_type == "induction":
-        block = _program_block(blocks, strict)
-        if block is None:
-            program = None if strict else _unfenced_program(region)
-            if program is None:
-                return ParsedAnswer(ok=False, reason="no_code_block")
-            return ParsedAnswer(ok=True, answer=program)
-        if not _FUNCTION.search(block.body):
-            return ParsedAnswer(ok=False, reason="no_function")
-        return ParsedAnswer(ok=True, answer=block.body)
-    answer = _last_labelled(blocks, ANSWER_KIND[task_type])
+    answer = _last_labelled(blocks, label)
     if answer is None and not strict:
         answer = blocks[-1].body if blocks else last_line(region)
     if not answer:
         return ParsedAnswer(ok=False, reason="no_answer")
     return ParsedAnswer(ok=True, answer=answer)
+
+
+def parse_program_answer(text: str, strict: bool) -> ParsedAnswer:
+    """A solver's answer that is a program (induction)."""
+    region = answer_region(text.replace("\r\n", "\n"), strict)
+    if region is None:
+        return ParsedAnswer(ok=False, reason="no_answer_tag")
+    block = _program_block(fenced_blocks(region, allow_unclosed=not strict), strict)
+    if block is None:
+        program = None if strict else _unfenced_program(region)
+        if program is None:
+            return ParsedAnswer(ok=False, reason="no_code_block")
+        return ParsedAnswer(ok=True, answer=program)
+    if not _FUNCTION.search(block.body):
+        return ParsedAnswer(ok=False, reason="no_function")
+    return ParsedAnswer(ok=True, answer=block.body)
 
 
 def answer_region(text: str, strict: bool) -> str | None:
@@ -144,11 +154,6 @@ def last_line(text: str) -> str | None:
 def _block(label: str, body: str) -> Block:
     label = label.lower()
     return Block(label=LABEL_ALIASES.get(label, label), body=body.strip("\n").rstrip())
-
-
-def _check_task_type(task_type: str) -> None:
-    if task_type not in ANSWER_KIND:
-        raise ValueError(f"unknown task_type {task_type!r}; expected one of {', '.join(sorted(ANSWER_KIND))}")
 
 
 def _last_labelled(blocks: list[Block], label: str) -> str | None:

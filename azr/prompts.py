@@ -1,6 +1,7 @@
 """Task generation prompts: the six role templates (propose and solve, for each task type).
 
-This module is the place to customise what the model is asked. Edit the template strings below;
+This module is the place to customise what the model is asked. Edit the template strings below
+(each task type in `azr.task_types` names the templates it uses);
 they are `str.format` templates, so write a literal brace as `{{` or `}}`. Keep the answer format
 (the answer in `<answer>` with fenced `python` / `input` / `output` / `message` blocks):
 `azr.parsing` reads exactly that. Each role has two endings: `free` (the model reasons in
@@ -15,9 +16,11 @@ is `[1, 2], 'ab'`. An *output* is the `repr` of the returned value.
 
 from __future__ import annotations
 
-from transformers import PreTrainedTokenizerBase
+from typing import TYPE_CHECKING
 
-TASK_TYPES = ("abduction", "deduction", "induction")
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 INDUCTION_EXAMPLE_PAIRS = 2  # known pairs of the program shown to the induction proposer
 
 PROGRAM_RULES = """\
@@ -254,26 +257,11 @@ def direct(answer_format: str) -> bool:
     return answer_format != "free"
 
 
-def proposer_prompt(task_type: str, references: list[dict], banned_modules: list[str], n_inputs: int,
-                    answer_format: str = "free") -> str:
-    """The proposer's prompt for `task_type`.
-
-    Deduction and abduction: `references` are K triplets (keys program, input, output) shown as
-    examples. Induction: `references[0]["program"]` is the program to write `n_inputs` inputs for.
-    """
+def program_proposer_prompt(template: str, references: list[dict], banned_modules: list[str], answer_format: str) -> str:
+    """The prompt of a proposer that writes a program and its input (`template`: PROPOSE_DEDUCTION or
+    PROPOSE_ABDUCTION), with K `references` (dicts with program, input, output) as examples."""
     banned = ", ".join(banned_modules) if banned_modules else "(none)"
     is_direct = direct(answer_format)
-    if task_type == "induction":
-        if not references:
-            raise ValueError("induction proposer needs references[0]: the program to write inputs for")
-        program = _field(references[0], "program", "induction reference")
-        ending = PROPOSE_INDUCTION_FORMAT_DIRECT if is_direct else PROPOSE_INDUCTION_FORMAT
-        return PROPOSE_INDUCTION.format(program=program.strip(), n_inputs=n_inputs, banned=banned,
-                                        examples=_induction_examples(references[0]),
-                                        answer_format=ending.format(n_inputs=n_inputs))
-    template = {"deduction": PROPOSE_DEDUCTION, "abduction": PROPOSE_ABDUCTION}.get(task_type)
-    if template is None:
-        raise ValueError(f"unknown task_type {task_type!r}; expected one of {', '.join(TASK_TYPES)}")
     return template.format(
         rules=PROGRAM_RULES_DIRECT if is_direct else PROGRAM_RULES.format(banned=banned),
         references=_references(references),
@@ -281,33 +269,23 @@ def proposer_prompt(task_type: str, references: list[dict], banned_modules: list
     )
 
 
-def solver_prompt(task_type: str, task: dict, answer_format: str = "free") -> str:
-    """The solver's prompt for one task.
-
-    Deduction: keys program, input. Abduction: keys program, output. Induction: keys inputs and
-    outputs (the pairs shown to the solver) and message.
-    """
-    what = f"{task_type} task"
-    is_direct = direct(answer_format)
-    if task_type == "deduction":
-        ending = SOLVE_DEDUCTION_FORMAT_DIRECT if is_direct else SOLVE_DEDUCTION_FORMAT
-        return SOLVE_DEDUCTION.format(program=_field(task, "program", what).strip(), input=_field(task, "input", what),
-                                      answer_format=ending)
-    if task_type == "abduction":
-        ending = SOLVE_ABDUCTION_FORMAT_DIRECT if is_direct else SOLVE_ABDUCTION_FORMAT
-        return SOLVE_ABDUCTION.format(program=_field(task, "program", what).strip(), output=_field(task, "output", what),
-                                      answer_format=ending)
-    if task_type == "induction":
-        inputs, outputs = _field(task, "inputs", what), _field(task, "outputs", what)
-        if len(inputs) != len(outputs):
-            raise ValueError(f"induction task has {len(inputs)} inputs but {len(outputs)} outputs")
-        pairs = "\n".join(PAIR.format(input=i, output=o) for i, o in zip(inputs, outputs))
-        ending = SOLVE_INDUCTION_FORMAT_DIRECT if is_direct else SOLVE_INDUCTION_FORMAT
-        return SOLVE_INDUCTION.format(message=_field(task, "message", what).strip(), pairs=pairs, answer_format=ending)
-    raise ValueError(f"unknown task_type {task_type!r}; expected one of {', '.join(TASK_TYPES)}")
+def inputs_proposer_prompt(template: str, reference: dict, banned_modules: list[str], n_inputs: int,
+                           answer_format: str) -> str:
+    """The prompt of a proposer given a program (`reference["program"]`, with its known pairs) that
+    writes `n_inputs` inputs and a message for it (`template`: PROPOSE_INDUCTION)."""
+    banned = ", ".join(banned_modules) if banned_modules else "(none)"
+    program = _field(reference, "program", "the given program")
+    ending = PROPOSE_INDUCTION_FORMAT_DIRECT if direct(answer_format) else PROPOSE_INDUCTION_FORMAT
+    return template.format(program=program.strip(), n_inputs=n_inputs, banned=banned,
+                           examples=_induction_examples(reference), answer_format=ending.format(n_inputs=n_inputs))
 
 
-def render_chat(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
+def pairs_text(inputs: list[str], outputs: list[str]) -> str:
+    """Input/output pairs as the solver prompts show them."""
+    return "\n".join(PAIR.format(input=i, output=o) for i, o in zip(inputs, outputs))
+
+
+def render_chat(tokenizer: "PreTrainedTokenizerBase", prompt: str) -> str:
     """The text the model sees: `prompt` as a user turn plus the assistant header, when the
     tokenizer has a chat template; the bare prompt otherwise."""
     if not tokenizer.chat_template:
@@ -316,7 +294,7 @@ def render_chat(tokenizer: PreTrainedTokenizerBase, prompt: str) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
-def fits_prompt(tokenizer: PreTrainedTokenizerBase, prompt: str, max_tokens: int) -> bool:
+def fits_prompt(tokenizer: "PreTrainedTokenizerBase", prompt: str, max_tokens: int) -> bool:
     """Whether `prompt`, rendered for the model (`render_chat`), is at most `max_tokens` tokens long."""
     text = render_chat(tokenizer, prompt)
     return len(tokenizer(text, add_special_tokens=not tokenizer.chat_template)["input_ids"]) <= max_tokens

@@ -12,7 +12,8 @@ import pandas as pd
 
 from azr import runs
 from azr.artifacts import RunDir, manifest_path, read_table
-from azr.config import TASK_TYPES, load_config
+from azr import task_types
+from azr.config import load_config
 from azr.evaluation import eval_metrics
 
 ROLES = ("propose", "solve")
@@ -64,7 +65,7 @@ def draw_report(frame: pd.DataFrame, title: str, out: Path) -> Path:
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
 
-    valid = {t: train.get(f"tasks/valid_rate/{t}") for t in TASK_TYPES if f"tasks/valid_rate/{t}" in train}
+    valid = {t: train.get(f"tasks/valid_rate/{t}") for t in task_types.names() if f"tasks/valid_rate/{t}" in train}
     lines(axes[0, 0], {"all": train.get("tasks/valid_rate", pd.Series(dtype=float)), **valid},
           "valid proposals (ground-truth checks passed)")
     reasons = train[[c for c in train.columns if c.startswith("tasks/rejected/")]].fillna(0)
@@ -79,7 +80,7 @@ def draw_report(frame: pd.DataFrame, title: str, out: Path) -> Path:
     if len(reasons.columns):
         ax.legend(fontsize=7, ncol=2)
     lines(axes[1, 0], {"all": train.get("solve_rate/all", pd.Series(dtype=float)),
-                       **{t: train[f"solve_rate/{t}"] for t in TASK_TYPES if f"solve_rate/{t}" in train}},
+                       **{t: train[f"solve_rate/{t}"] for t in task_types.names() if f"solve_rate/{t}" in train}},
           "self-play solve rate")
     lines(axes[1, 1], {r: train[f"reward/{r}/reward"] for r in ROLES if f"reward/{r}/reward" in train},
           "mean reward by role", ylim=(-1.05, 1.05))
@@ -120,13 +121,13 @@ def summary_rows(frame: pd.DataFrame) -> list[dict[str, float | int | None]]:
         rows.append({
             "iter": int(iteration),
             "valid": value(row, "tasks/valid_rate"),
-            **{f"v {t[:3]}": value(row, f"tasks/valid_rate/{t}") for t in TASK_TYPES},
+            **{f"v {t[:3]}": value(row, f"tasks/valid_rate/{t}") for t in task_types.names()},
             "solved": value(row, "solve_rate/all"),
             "R prop": value(row, "reward/propose/reward"),
             "R solv": value(row, "reward/solve/reward"),
             "A!=0 p": value(row, "advantage/propose/nonzero"),
             "A!=0 s": value(row, "advantage/solve/nonzero"),
-            **{f"e {t[:3]}": eval_mean(row, t) for t in TASK_TYPES},
+            **{f"e {t[:3]}": eval_mean(row, t) for t in task_types.names()},
             "s": value(row, "seconds/iteration"),
         })
     return rows

@@ -15,7 +15,8 @@ from typing import Any
 import pandas as pd
 
 from azr.artifacts import ArtifactError, RunDir, manifest_path, read_json, read_manifest, read_rows, read_table
-from azr.config import TASK_TYPES, ConfigError, load_config
+from azr import task_types as registry
+from azr.config import ConfigError, load_config
 from azr.parsing import REASONS as PARSE_REASONS
 from azr.rewards import QUALITY_REASONS
 from azr.sandbox.runner import STATUSES as SANDBOX_STATUSES
@@ -39,7 +40,7 @@ TRAIN_METRICS = ("loss", "pg_loss", "entropy", "kl", "clip_fraction", "grad_norm
 REJECTION_REASONS = (
     *(r for r in PARSE_REASONS if r != "no_answer"),  # no_answer is the solver's
     *sorted(SANDBOX_STATUSES - {"ok"}),
-    "repeated_inputs",  # too few distinct induction inputs (azr.data_construction.proposal_inputs)
+    "repeated_inputs",  # too few distinct inputs of a task made of pairs (TaskType.check_inputs)
     *QUALITY_REASONS,
 )
 TASK_STATUSES = ("accepted", "rejected", "forced")
@@ -178,7 +179,7 @@ def _train_metrics(data: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def iteration_metrics(run: RunDir, iteration: int, task_types: tuple[str, ...] | list[str] = TASK_TYPES) -> dict[str, float]:
+def iteration_metrics(run: RunDir, iteration: int, task_types: tuple[str, ...] | list[str] | None = None) -> dict[str, float]:
     """Metrics of one iteration from its finished files (missing steps are left out).
 
     Proposals by type, validity by reason, forced count, solve rate by type, reward means by
@@ -187,7 +188,7 @@ def iteration_metrics(run: RunDir, iteration: int, task_types: tuple[str, ...] |
     did not occur, a type nothing was proposed for, a rate with nothing to rate), so each chart
     has a point per iteration.
     """
-    task_types = tuple(task_types)
+    task_types = tuple(task_types if task_types is not None else registry.names())
     readers = {
         "proposals.parquet": _proposal_metrics,
         "tasks.parquet": _task_metrics,

@@ -26,6 +26,7 @@ import json
 import os
 import tempfile
 import weakref
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -64,11 +65,15 @@ class VLLMBackend:
     def __init__(self, engine, eos_ids: set[int], sampling: SamplingConfig):
         self.engine, self.eos_ids, self.sampling = engine, eos_ids, sampling
 
-    def complete(self, contexts: list[list[int]], fields: list[Field], seeds: list[int]) -> list[Piece]:
+    def complete(self, contexts: list[list[int]], fields: list[Field], seeds: list[int],
+                 on_chunk: Callable[[int, int], None] | None = None) -> list[Piece]:
         requests = [Request(c, f, s) for c, f, s in zip(contexts, fields, seeds, strict=True)]
         outputs = self.engine.generate(requests, self.sampling)
-        return [to_piece(r.field, ids, logprobs, reason, self.eos_ids)
-                for r, (ids, logprobs, reason) in zip(requests, outputs, strict=True)]
+        pieces = [to_piece(r.field, ids, logprobs, reason, self.eos_ids)
+                  for r, (ids, logprobs, reason) in zip(requests, outputs, strict=True)]
+        if on_chunk is not None:  # vLLM schedules the whole batch itself: one report at the end
+            on_chunk(len(pieces), sum(len(p.token_ids) for p in pieces))
+        return pieces
 
 
 def to_piece(spec: Field, token_ids: list[int], logprobs: list[float], finish_reason: str, eos_ids: set[int]) -> Piece:

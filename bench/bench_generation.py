@@ -23,9 +23,9 @@ import time
 
 import torch
 
-from azr import prompts
+from azr import prompts, task_types
 from azr.config import DEFAULT_BANNED_MODULES, build_config
-from azr.formats import answer_format
+from azr.formats import answer_format, program_arity
 from azr.generation import HFBackend, generate, open_backend
 
 PROGRAMS = [
@@ -37,21 +37,20 @@ PROGRAMS = [
 
 
 def bench_requests(n: int, mode: str) -> list[tuple[str, object]]:
-    """`n` (user prompt, answer format) pairs cycling over the six roles, with varying references."""
-    refs = [{"program": p, "input": i, "output": o} for p, i, o in PROGRAMS]
+    """`n` (user prompt, answer format) pairs cycling over the roles of every task type, with varying references."""
+    refs = [{"program": p, "input": i, "output": o, "inputs": [i], "outputs": [o]} for p, i, o in PROGRAMS]
+    names = task_types.names()
     requests = []
     for k in range(n):
-        task_type, ref = prompts.TASK_TYPES[k % 3], refs[k % len(refs)]
+        kind, ref = task_types.get(names[k % len(names)]), refs[k % len(refs)]
         if k % 2 == 0:
-            chosen = [ref] if task_type == "induction" else refs[: 1 + k % len(refs)]
-            text = prompts.proposer_prompt(task_type, chosen, DEFAULT_BANNED_MODULES, 3, mode)
-            program = ref["program"] if task_type == "induction" else None
-            requests.append((text, answer_format(mode, "propose", task_type, program=program, n_inputs=3)))
+            chosen = [ref] if kind.given_program else refs[: 1 + k % len(refs)]
+            text = kind.proposer_prompt(chosen, DEFAULT_BANNED_MODULES, 3, mode)
+            arity = program_arity(ref["program"]) if kind.given_program else None
+            requests.append((text, answer_format(mode, "propose", kind.name, arity=arity, n_inputs=3)))
         else:
-            task = ({"inputs": [ref["input"]], "outputs": [ref["output"]], "message": "Try it."}
-                    if task_type == "induction" else ref)
-            program = ref["program"] if task_type == "abduction" else None
-            requests.append((prompts.solver_prompt(task_type, task, mode), answer_format(mode, "solve", task_type, program=program)))
+            task = {**ref, "task_type": kind.name, "shown": [0], "message": "Try it."}
+            requests.append((kind.solver_prompt(task, mode), answer_format(mode, "solve", kind.name, arity=kind.solver_arity(task))))
     return requests
 
 

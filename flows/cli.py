@@ -31,7 +31,8 @@ from azr import reaper
 from azr import runs as run_info
 from azr.artifacts import RunDir
 from azr.cli import ConfigOption, SetOption, app, console, err_console, resolve_config
-from azr.config import TASK_TYPES, AZRConfig, ConfigError, load_config
+from azr import task_types as registry
+from azr.config import AZRConfig, ConfigError, load_config
 from azr.summary import SUMMARY_COLUMNS, summary_row
 from azr.summary import fmt as _fmt
 from azr.tracking import run_link, ui_command
@@ -280,8 +281,8 @@ def tasks_command(
     run = RunDir(run_dir)
     if not run.config_path.exists():
         raise _fail(f"{run_dir}: not a run directory (no config.yaml)")
-    if task_type is not None and task_type not in TASK_TYPES:
-        raise _fail(f"--type {task_type!r}: expected one of {', '.join(TASK_TYPES)}")
+    if task_type is not None and task_type not in registry.names():
+        raise _fail(f"--type {task_type!r}: expected one of {', '.join(registry.names())}")
     if status is not None and status not in run_info.TASK_STATUSES:
         raise _fail(f"--status {status!r}: expected one of {', '.join(run_info.TASK_STATUSES)}")
     if show is not None:

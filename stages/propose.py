@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from azr import schemas
+from azr import schemas, task_types
 from azr.artifacts import RunDir, read_table, stage_complete, write_table
 from azr.config import AZRConfig
 from azr.data_construction import proposer_request
-from azr.parsing import parse_proposal
 from azr.seeding import stage_rng, stage_seed
 from azr.formats import format_for, program_arity
 from stages.common import generate_batch, generation_columns, iteration_policy, policy_inputs, prompt_fits
@@ -39,12 +38,13 @@ def propose(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     n_inputs = config.validation.induction_num_inputs
     rows = []
     for index, (task_type, (_, reference_ids, program), prompt, gen) in enumerate(zip(types, requests, rendered, generations)):
-        parsed = parse_proposal(str(task_type), gen.text, strict=strict, n_inputs=n_inputs)
+        kind = task_types.get(str(task_type))
+        parsed = kind.parse_proposal(gen.text, strict, n_inputs)
         rows.append({
             "run": run_dir.name, "iteration": iteration, "task_id": f"i{iteration:04d}-p{index:03d}",
             "task_type": str(task_type), **generation_columns(prompt, gen),
             "parsed": parsed.ok, "parse_reason": parsed.reason,
-            "program": program if task_type == "induction" else parsed.program,
+            "program": program if kind.given_program else parsed.program,
             "input": parsed.input, "inputs": parsed.inputs, "message": parsed.message,
             "reference_ids": reference_ids,
         })

@@ -9,24 +9,26 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from azr import schemas
+from azr import schemas, task_types
 from azr.artifacts import RunDir, read_rows, read_table, stage_complete, write_table
 from azr.config import AZRConfig
-from azr.data_construction import distinct_inputs, proposal_inputs, quality_reason, solver_view, split_induction, topup_candidates
+from azr.data_construction import quality_reason, topup_candidates
 from azr.dedup import TaskIndex
 from azr.model import load_tokenizer
-from azr.prompts import fits_prompt, solver_prompt
+from azr.prompts import fits_prompt
+from azr.task_types import distinct_inputs
 from azr.rewards import complexity
 from azr.sandbox import open_sandbox
 from azr.seeding import stage_rng
 
 
 def _inputs(row: dict) -> tuple[list[str] | None, str | None]:
-    """(inputs, ground-truth reason to reject them) of a proposal; see `proposal_inputs`."""
-    texts = row["inputs"] if row["task_type"] == "induction" else [row["input"]] if row["input"] is not None else None
+    """(inputs, ground-truth reason to reject them) of a proposal; see `TaskType.check_inputs`."""
+    kind = task_types.get(row["task_type"])
+    texts = kind.proposal_inputs(row["input"], row["inputs"])
     if not row["parsed"] or texts is None:
         return texts, None
-    return proposal_inputs(row["task_type"], list(texts))
+    return kind.check_inputs(list(texts))
 
 
 def _judge(row: dict, inputs: tuple[list[str] | None, str | None], result, index: TaskIndex, config: AZRConfig,
@@ -50,8 +52,7 @@ def _judge(row: dict, inputs: tuple[list[str] | None, str | None], result, index
         return {**task, "reason": result.status}
     task.update(program=result.program, outputs=list(result.outputs), output=result.outputs[0],
                 complexity=complexity(result.program))
-    if row["task_type"] == "induction":
-        task["shown"] = split_induction(len(task["inputs"]), rng)
+    task["shown"] = task_types.get(row["task_type"]).shown_pairs(len(task["inputs"]), rng)
     reason = None if forced else quality_reason(task, index, config)
     if reason is None and not forced:
         index.add(task)
@@ -62,7 +63,7 @@ def solver_prompt_fits(config: AZRConfig) -> Callable[[dict], bool]:
     """Whether a task's solver prompt fits `sampling.max_prompt_tokens` (with the policy's tokenizer)."""
     tokenizer = load_tokenizer(config.model)
     mode, limit = config.generation.answer_format, config.sampling.max_prompt_tokens
-    return lambda task: fits_prompt(tokenizer, solver_prompt(task["task_type"], solver_view(task), mode), limit)
+    return lambda task: fits_prompt(tokenizer, task_types.get(task["task_type"]).solver_prompt(task, mode), limit)
 
 
 def _fits_solver(task: dict, fits: Callable[[dict], bool]) -> dict:
@@ -79,17 +80,18 @@ def _topups(buffer: pd.DataFrame, accepted: pd.DataFrame, config: AZRConfig, ite
     rows = []
     for index in range(max(0, needed)):
         task_type = str(rng.choice(config.task_types, p=config.task_distribution))
-        pool = topup_candidates(buffer, task_type, min_pairs=2)
-        if pool.empty:  # no buffer task has enough pairs for induction; pose a deduction instead
-            task_type, pool = "deduction", buffer
+        pool = topup_candidates(buffer, task_type)
+        if pool.empty:  # no buffer task can be posed as this type (too few pairs): the first type that can
+            task_type = next(t for t in config.task_types if not topup_candidates(buffer, t).empty)
+            pool = topup_candidates(buffer, task_type)
         task = pool.iloc[int(rng.integers(len(pool)))]
-        pairs = distinct_inputs(list(task["inputs"]))  # an induction task shows and hides distinct inputs only
+        pairs = distinct_inputs(list(task["inputs"]))  # shown and hidden pairs have distinct inputs
         rows.append({
             "run": run, "iteration": iteration, "task_id": f"i{iteration:04d}-b{index:03d}", "task_type": task_type,
             "source": "buffer", "accepted": True, "forced": False, "reason": None,
             "program": task["program"], "input": task["input"], "output": task["output"],
             "inputs": [task["inputs"][i] for i in pairs], "outputs": [task["outputs"][i] for i in pairs], "message": task["message"],
-            "shown": split_induction(len(pairs), rng) if task_type == "induction" else None,
+            "shown": task_types.get(task_type).shown_pairs(len(pairs), rng),
             "complexity": complexity(task["program"]), "validate_seconds": 0.0,
         })
     return rows

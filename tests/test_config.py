@@ -114,7 +114,7 @@ def test_banned_modules_may_be_one_comma_separated_text():
         ({"rewards": {"n_samples": 0}}, "rewards.n_samples", "greater than 0"),
         ({"task_distribution": [0.5, 0.5]}, "task_distribution", "has 2 entries but task_types has 3"),
         ({"task_distribution": [0.3, 0.3, 0.3]}, "task_distribution", "sums to 0.9"),
-        ({"task_types": ["deduction", "reduction"], "task_distribution": [0.5, 0.5]}, "task_types.1", "'abduction', 'deduction' or 'induction'"),
+        ({"task_types": ["deduction", "reduction"], "task_distribution": [0.5, 0.5]}, "task_types.1", "unknown task type 'reduction'; expected one of abduction, deduction, induction"),
         ({"task_types": ["deduction", "deduction"], "task_distribution": [0.5, 0.5]}, "task_types", "duplicate task types: deduction"),
         ({"force_accept_threshold": -1}, "force_accept_threshold", "greater than or equal to 0"),
     ],

@@ -132,13 +132,13 @@ EXPRESSION_INPUTS = {"sample_152", "sample_239", "sample_258", "sample_344", "sa
 def test_cruxeval_programs_are_tasks_but_for_the_inputs_that_are_expressions():
     """Every program passes the task rules (purity included, see the 800 validated above); 12 of CRUXEval's
     inputs are expressions (`''.join(['A'] * 20)`, lambdas, range(...)), which a task may not have."""
-    from azr.data_construction import proposal_inputs
+    from azr import task_types
     from azr.sandbox.safety import check_program
     from azr.config import DEFAULT_BANNED_MODULES
 
     rows = problems()
     assert all(check_program(row["code"], DEFAULT_BANNED_MODULES)[1] is None for row in rows)
-    refused = {row["id"] for row in rows if proposal_inputs("deduction", [row["input"]])[1] == "not_literal"}
+    refused = {row["id"] for row in rows if task_types.get("deduction").check_inputs([row["input"]])[1] == "not_literal"}
     assert refused == EXPRESSION_INPUTS
 
 

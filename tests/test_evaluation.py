@@ -16,9 +16,10 @@ import pytest
 from azr.artifacts import read_manifest, read_table
 from azr.config import load_config
 from azr.evaluation import (
-    EVAL, HELDOUT_DIR, BenchmarkError, answer_response, benchmark_task_types, complete_induction, eval_metrics,
+    EVAL, HELDOUT_DIR, BenchmarkError, answer_response, benchmark_task_types, eval_metrics,
     gold_answer, load_set, pass_at_k, read_problems,
 )
+from azr import task_types
 from azr.answers import score_responses
 from azr.sandbox import open_sandbox
 from tests.conftest import ROOT, SMOKE_CONFIG, run_azr
@@ -159,7 +160,7 @@ def test_gold_heldout_answers_score_full_marks(sandbox, mode):
 
 
 def test_induction_checks_hidden_pairs_and_names_a_broken_problem(sandbox):
-    problems = complete_induction(sandbox, read_problems(HELDOUT_DIR / "induction.jsonl", "induction", limit=1))
+    problems = task_types.get("induction").complete(sandbox, read_problems(HELDOUT_DIR / "induction.jsonl", "induction", limit=1))
     # A program that only memorises the shown pairs fails on the hidden ones.
     shown = {problems[0]["inputs"][i]: problems[0]["outputs"][i] for i in problems[0]["shown"]}
     table = ", ".join(f"{k}: {v}" for k, v in shown.items())
@@ -167,7 +168,7 @@ def test_induction_checks_hidden_pairs_and_names_a_broken_problem(sandbox):
     assert score_responses(sandbox, problems, [answer_response("induction", memoriser)], strict=True)[0]["correct"] is False
     broken = [{**problems[0], "task_id": "boom", "program": "def f(x):\n    return 1 // 0"}]
     with pytest.raises(BenchmarkError, match="induction problem boom: the program does not run"):
-        complete_induction(sandbox, broken)
+        task_types.get("induction").complete(sandbox, broken)
 
 
 # ---------------------------------------------------------------- `azr eval` with tiny-random

@@ -14,12 +14,11 @@ import pytest
 import torch
 import xgrammar as xgr
 
-from azr import grammars, prompts
+from azr import grammars, prompts, task_types
 from azr.config import ModelConfig, SamplingConfig
 from azr.formats import FENCE, answer_format
 from azr.generation import HFBackend, generate
 from azr.model import load_model
-from azr.parsing import parse_answer, parse_proposal
 
 CHARS = [chr(c) for c in range(32, 127)] + ["\n"]
 # Most of the time the walk takes the first allowed character of this list: they close what is open
@@ -162,13 +161,13 @@ def test_grammar_answers_parse_strictly_and_mark_the_scaffold(tiny, role, task_t
         if gen.finish_reason != "stop":
             continue  # a field ran out of tokens: well formed, but its content is cut
         if role == "propose":
-            parsed = parse_proposal(task_type, gen.text, strict=True, n_inputs=3)
+            parsed = task_types.get(task_type).parse_proposal(gen.text, True, 3)
             assert parsed.ok, (parsed.reason, gen.text)
             inputs = parsed.inputs if task_type == "induction" else [parsed.input]
             expected = arity or grammars.parameter_count(parsed.program)
             assert all(grammars.argument_count(text) == expected for text in inputs)
         else:
-            parsed = parse_answer(task_type, gen.text, strict=True)
+            parsed = task_types.get(task_type).parse_answer(gen.text, True)
             assert parsed.ok, (parsed.reason, gen.text)
 
 

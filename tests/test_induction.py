@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from azr.data_construction import hidden_pairs, split_induction
+from azr import task_types
+from azr.task_types import hidden_pairs
 
 
 def test_a_hidden_pair_that_repeats_a_shown_input_by_value_is_not_hidden():
@@ -13,12 +14,11 @@ def test_a_hidden_pair_that_repeats_a_shown_input_by_value_is_not_hidden():
 
 
 def test_inputs_are_kept_once_per_value_and_leave_a_hidden_pair():
-    from azr.data_construction import proposal_inputs
 
-    assert proposal_inputs("induction", ["[1, 2]", "[1,2]", "'a'", "[2, 1]"]) == (["[1, 2]", "'a'", "[2, 1]"], None)
-    assert proposal_inputs("induction", ["[1, 2]", "[1,2]", "[1.0, 2.0]"]) == (["[1, 2]", "[1,2]", "[1.0, 2.0]"], "repeated_inputs")
-    assert proposal_inputs("induction", ["1", "sorted([1])"])[1] == "not_literal"
-    assert proposal_inputs("deduction", ["1) or open('x') or (1"])[1] == "not_literal"
+    assert task_types.get("induction").check_inputs(["[1, 2]", "[1,2]", "'a'", "[2, 1]"]) == (["[1, 2]", "'a'", "[2, 1]"], None)
+    assert task_types.get("induction").check_inputs(["[1, 2]", "[1,2]", "[1.0, 2.0]"]) == (["[1, 2]", "[1,2]", "[1.0, 2.0]"], "repeated_inputs")
+    assert task_types.get("induction").check_inputs(["1", "sorted([1])"])[1] == "not_literal"
+    assert task_types.get("deduction").check_inputs(["1) or open('x') or (1"])[1] == "not_literal"
     for n in range(2, 12):
-        shown = split_induction(n, np.random.default_rng(n))
+        shown = task_types.get("induction").shown_pairs(n, np.random.default_rng(n))
         assert 1 <= len(shown) < n  # at least one pair shown and one hidden

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from azr.parsing import REASONS, ParsedAnswer, ParsedProposal, parse_answer, parse_proposal
+from azr import task_types
+from azr.parsing import REASONS, ParsedAnswer, ParsedProposal
 
 DATA = Path(__file__).parent / "data"
 CORPUS_FILES = sorted(DATA.glob("parsing_corpus*.yaml"))
@@ -16,8 +17,8 @@ CASES = [case for path in CORPUS_FILES for case in yaml.safe_load(path.read_text
 
 def _parse(case: dict, strict: bool) -> ParsedProposal | ParsedAnswer:
     if case["parse"] == "proposal":
-        return parse_proposal(case["task_type"], case["text"], strict=strict, n_inputs=case.get("n_inputs", 10))
-    return parse_answer(case["task_type"], case["text"], strict=strict)
+        return task_types.get(case["task_type"]).parse_proposal(case["text"], strict, case.get("n_inputs", 10))
+    return task_types.get(case["task_type"]).parse_answer(case["text"], strict)
 
 
 def _expected(case: dict, mode: str) -> dict:
@@ -57,28 +58,28 @@ def test_strict_success_is_lenient_success() -> None:
 
 def test_unknown_task_type_is_named() -> None:
     with pytest.raises(ValueError, match="'deduct'"):
-        parse_answer("deduct", "<answer>1</answer>", strict=True)
+        task_types.get("deduct").parse_answer("<answer>1</answer>", True)
     with pytest.raises(ValueError, match="'inductive'"):
-        parse_proposal("inductive", "", strict=False)
+        task_types.get("inductive").parse_proposal("", False, 10)
 
 
 def test_induction_inputs_keep_their_text_exactly() -> None:
     text = "<answer>\n```input\n'a  b', {'k': [1,\n 2]}\n```\n```input\n\"\\n\"\n```\n```message\nm\n```\n</answer>"
-    parsed = parse_proposal("induction", text, strict=True, n_inputs=2)
+    parsed = task_types.get("induction").parse_proposal(text, True, 2)
     assert parsed.inputs == ["'a  b', {'k': [1,\n 2]}", '"\\n"']
 
 
 def test_lenient_proposal_takes_the_input_from_a_call_of_f():
     text = "```python\ndef g(xs, k):\n    return xs[k:]\n\nprint(g([1, 2, 3], k=1))\n```"
-    lenient = parse_proposal("deduction", text, strict=False)
+    lenient = task_types.get("deduction").parse_proposal(text, False, 10)
     assert lenient.ok and lenient.input == "[1, 2, 3], k=1"
-    assert not parse_proposal("deduction", text, strict=True).ok
+    assert not task_types.get("deduction").parse_proposal(text, True, 10).ok
 
 
 def test_lenient_induction_collects_distinct_calls_of_f():
     text = ("```python\ndef f(n):\n    return n * 2\n\nassert f(1) == 2\nassert f(5) == 10\nassert f(1) == 2\n```\n"
             "It doubles.")
-    parsed = parse_proposal("induction", text, strict=False, n_inputs=10)
+    parsed = task_types.get("induction").parse_proposal(text, False, 10)
     assert parsed.ok and parsed.inputs == ["1", "5"]
 
 
@@ -94,8 +95,8 @@ def test_lenient_proposal_reads_an_unfenced_function_and_an_inline_call():
     """A real SmolLM2 shape: the function in prose, the input in an inline `f(7)`."""
     text = ("This checks a number.\n\ndef f(num):\n    if num < 0:\n        return -1\n    return 1\n\n"
             "For example, calling `f(7)` would return 1.")
-    lenient = parse_proposal("deduction", text, strict=False)
+    lenient = task_types.get("deduction").parse_proposal(text, False, 10)
     assert lenient.ok
     assert lenient.program == "def f(num):\n    if num < 0:\n        return -1\n    return 1"
     assert lenient.input == "7"
-    assert parse_proposal("deduction", text, strict=True).reason == "no_answer_tag"
+    assert task_types.get("deduction").parse_proposal(text, True, 10).reason == "no_answer_tag"

@@ -14,7 +14,7 @@ import pytest
 from azr import prompts
 from azr.config import DEFAULT_BANNED_MODULES
 from azr.model import tiny_random_tokenizer
-from azr.parsing import parse_answer, parse_proposal
+from azr import task_types
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -33,11 +33,11 @@ TASKS = {
 
 def rendered_roles() -> dict[str, str]:
     roles = {}
-    for task_type in prompts.TASK_TYPES:
+    for task_type in task_types.names():
         refs = [INDUCTION_REFERENCE] if task_type == "induction" else REFERENCES
-        roles[f"propose_{task_type}"] = prompts.proposer_prompt(task_type, refs, DEFAULT_BANNED_MODULES, 10)
-        roles[f"solve_{task_type}"] = prompts.solver_prompt(task_type, TASKS[task_type])
-    roles["propose_deduction_no_references"] = prompts.proposer_prompt("deduction", [], ["os"], 10)
+        roles[f"propose_{task_type}"] = task_types.get(task_type).proposer_prompt(refs, DEFAULT_BANNED_MODULES, 10)
+        roles[f"solve_{task_type}"] = task_types.get(task_type).solver_prompt(TASKS[task_type])
+    roles["propose_deduction_no_references"] = task_types.get("deduction").proposer_prompt([], ["os"], 10)
     roles["chat_solve_deduction"] = prompts.render_chat(tiny_random_tokenizer(), roles["solve_deduction"])
     return roles
 
@@ -53,10 +53,10 @@ def test_golden(role: str) -> None:
     assert text == path.read_text()
 
 
-@pytest.mark.parametrize("task_type", prompts.TASK_TYPES)
+@pytest.mark.parametrize("task_type", task_types.names())
 def test_proposer_prompts_state_the_banned_modules_and_format(task_type: str) -> None:
     refs = [INDUCTION_REFERENCE] if task_type == "induction" else REFERENCES
-    text = prompts.proposer_prompt(task_type, refs, ["pickle", "socket"], 7)
+    text = task_types.get(task_type).proposer_prompt(refs, ["pickle", "socket"], 7)
     assert "pickle, socket" in text
     assert "<think>" in text and "<answer>" in text and "</answer>" in text
     if task_type == "induction":
@@ -69,7 +69,7 @@ def test_proposer_prompts_state_the_banned_modules_and_format(task_type: str) ->
 
 
 def test_induction_solver_sees_only_the_given_pairs_and_message() -> None:
-    text = prompts.solver_prompt("induction", TASKS["induction"])
+    text = task_types.get("induction").solver_prompt(TASKS["induction"])
     for i, o in zip(TASKS["induction"]["inputs"], TASKS["induction"]["outputs"]):
         assert f"```input\n{i}\n```\n```output\n{o}\n```" in text
     assert "Look at the digits." in text
@@ -82,35 +82,35 @@ def test_induction_solver_sees_only_the_given_pairs_and_message() -> None:
      ("induction", "```python\ndef f(n):\n    return n\n```")],
 )
 def test_an_answer_in_the_requested_format_parses_strictly(task_type: str, answer: str) -> None:
-    assert "exactly like this" in prompts.solver_prompt(task_type, TASKS[task_type])
-    parsed = parse_answer(task_type, f"<think>ok</think>\n<answer>\n{answer}\n</answer>", strict=True)
+    assert "exactly like this" in task_types.get(task_type).solver_prompt(TASKS[task_type])
+    parsed = task_types.get(task_type).parse_answer(f"<think>ok</think>\n<answer>\n{answer}\n</answer>", True)
     assert parsed.ok and parsed.answer == answer.split("\n", 1)[1].rsplit("\n", 1)[0]
 
 
 def test_a_proposal_in_the_requested_format_parses_strictly() -> None:
     text = "<think>x</think>\n<answer>\n```python\ndef f(x):\n    return x\n```\n```input\n1\n```\n</answer>"
-    assert parse_proposal("deduction", text, strict=True).ok
+    assert task_types.get("deduction").parse_proposal(text, True, 10).ok
     inputs = "".join(f"```input\n{i}\n```\n" for i in range(3))
     text = f"<answer>\n{inputs}```message\nidentity\n```\n</answer>"
-    assert parse_proposal("induction", text, strict=True, n_inputs=3).inputs == ["0", "1", "2"]
+    assert task_types.get("induction").parse_proposal(text, True, 3).inputs == ["0", "1", "2"]
 
 
 def test_braces_in_programs_are_kept_verbatim() -> None:
-    text = prompts.solver_prompt("deduction", {"program": "def f(d):\n    return {k: '{x}' for k in d}", "input": "{1: 2}"})
+    text = task_types.get("deduction").solver_prompt({"program": "def f(d):\n    return {k: '{x}' for k in d}", "input": "{1: 2}"})
     assert "return {k: '{x}' for k in d}" in text and "{1: 2}" in text
 
 
 def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="'deduct'"):
-        prompts.proposer_prompt("deduct", [], [], 10)
+        task_types.get("deduct").proposer_prompt([], [], 10)
     with pytest.raises(ValueError, match="'summary'"):
-        prompts.solver_prompt("summary", {})
+        task_types.get("summary").solver_prompt({})
     with pytest.raises(ValueError, match="reference 2 has no 'output'"):
-        prompts.proposer_prompt("abduction", [REFERENCES[0], {"program": "def f(): pass", "input": ""}], [], 10)
+        task_types.get("abduction").proposer_prompt([REFERENCES[0], {"program": "def f(): pass", "input": ""}], [], 10)
     with pytest.raises(ValueError, match="references\\[0\\]"):
-        prompts.proposer_prompt("induction", [], [], 10)
+        task_types.get("induction").proposer_prompt([], [], 10)
     with pytest.raises(ValueError, match="3 inputs but 2 outputs"):
-        prompts.solver_prompt("induction", {"inputs": ["1", "2", "3"], "outputs": ["1", "2"], "message": "m"})
+        task_types.get("induction").solver_prompt({"inputs": ["1", "2", "3"], "outputs": ["1", "2"], "message": "m"})
 
 
 def test_render_chat_without_a_template_is_the_bare_prompt() -> None:
@@ -122,7 +122,7 @@ def test_render_chat_without_a_template_is_the_bare_prompt() -> None:
 
 def test_the_induction_proposer_sees_two_known_pairs_of_its_program():
     reference = {**INDUCTION_REFERENCE, "inputs": ["12", "999", "7"], "outputs": ["3", "27", "7"]}
-    text = prompts.proposer_prompt("induction", [reference], DEFAULT_BANNED_MODULES, 6, "grammar")
+    text = task_types.get("induction").proposer_prompt([reference], DEFAULT_BANNED_MODULES, 6, "grammar")
     assert "```input\n12\n```\n```output\n3\n```" in text and "```input\n999\n```\n```output\n27\n```" in text
     assert "```input\n7\n```" not in text  # two at most
     assert text.index(reference["program"]) < text.index("```input\n12")

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from azr.answers import check_rows
-from azr.data_construction import proposal_inputs
+from azr import task_types
 from azr.literals import parse_arguments, parse_literal
 from azr.sandbox import runner
 from tests.test_sandbox import BACKENDS, open_backend
@@ -58,7 +58,7 @@ def test_every_answer_gets_its_verdict(sandbox):
 
 
 def validator_verdict(sandbox, entry: dict) -> tuple[str, str | None]:
-    inputs, reason = proposal_inputs(entry["task_type"], [text(i) for i in entry["inputs"]])
+    inputs, reason = task_types.get(entry["task_type"]).check_inputs([text(i) for i in entry["inputs"]])
     if reason:
         return reason, None
     result = sandbox.validate([(entry["program"], inputs)])[0]
