@@ -216,7 +216,7 @@ def evaluate_problems(model, tokenizer, sandbox, problems: list[dict[str, Any]],
     seconds = (time.perf_counter() - started) / max(len(rollouts), 1)
     return [
         {"task_id": p["task_id"], "task_type": p["task_type"], "sample": sample, "prompt": prompt,
-         "response": g.text, "response_tokens": len(g.response_ids), "finish_reason": g.finish_reason,
+         "response": g.text, "response_tokens": sum(g.response_mask), "finish_reason": g.finish_reason,
          **score, "gold": gold_answer(p), "eval_seconds": seconds}
         for (p, sample), prompt, g, score in zip(rollouts, rendered, generations, scores)
     ]
