@@ -137,7 +137,7 @@ def _evaluation(path: Path):
     held-out evaluation (eval/iter-NNNN.parquet); None for a run without one."""
     from azr.artifacts import ArtifactError, RunDir, read_table
 
-    if _is_run_dir(path):
+    if path.is_dir():
         files = sorted(RunDir(path).root.glob("eval/iter-*.parquet"))
         return read_table(files[-1], verify=False) if files else None
     try:
@@ -170,7 +170,7 @@ def compare_command(
     """Compare two runs or evaluations: for two runs, the final and best value of each metric side by side
     (read from MLflow); for evaluations on the same problems (two `azr eval` files, or the runs' newest
     held-out evaluations), pass@1 problem by problem with the paired difference and its p-value."""
-    if _is_run_dir(run_a) and _is_run_dir(run_b):
+    if run_a.is_dir() and run_b.is_dir():  # run directories, read from MLflow
         _, metrics_a = _run_metrics(run_a)
         _, metrics_b = _run_metrics(run_b)
         keys = sorted(k for k in set(metrics_a) | set(metrics_b) if k.startswith(prefix))

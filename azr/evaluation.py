@@ -177,7 +177,7 @@ def evaluate_problems(model, tokenizer, sandbox, problems: list[dict[str, Any]],
     seconds = (time.perf_counter() - started) / max(len(answers), 1)
     return [
         {"task_id": a.problem["task_id"], "task_type": a.problem["task_type"], "sample": a.sample, "prompt": a.prompt,
-         "response": a.generation.text, "response_tokens": len(a.generation.response_ids),
+         "response": a.generation.text, "response_tokens": sum(a.generation.response_mask),
          "finish_reason": a.generation.finish_reason, **a.score, "gold": gold_answer(a.problem), "eval_seconds": seconds}
         for a in answers
     ]

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from azr.artifacts import (
+    SCHEMA_VERSION,
     ArtifactError,
     RunDir,
     manifest_path,
@@ -32,7 +33,7 @@ def test_roundtrip_and_manifest(tmp_path):
     manifest = read_manifest(path)
     assert manifest["rows"] == 3
     assert manifest["config_hash"] == "abc"
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == SCHEMA_VERSION
     assert len(manifest["sha256"]) == 64
 
 

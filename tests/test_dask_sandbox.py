@@ -149,7 +149,7 @@ def test_answer_checks_same_verdicts(pair):
     program = "def f(a, b):\n    return a * b"
     deduction = [("[1, 2]", "[1,2]"), ("(1, 'a')", "(1, 'b')"), ("3", "1 +"), ("1", "__import__('os')"),
                  ("1", "sum(1 for _ in iter(int, 1))")]
-    abduction = [(program, "f(2, 3)", "6"), (program, "1, 1", "6"), (program, "f(", "6")]
+    abduction = [(program, "2, 3", "6"), (program, "1, 1", "6"), (program, "f(", "6"), (program, "f(2, 3)", "6")]
     induction = [("def g(x):\n    return x * 2", ["1", "2"], ["2", "4"]), ("def f(x):\n    return x + 1", ["1", "2"], ["2", "4"])]
     for check, items in (("check_deduction", deduction), ("check_abduction", abduction), ("check_induction", induction)):
         ours = getattr(remote, check)(items)

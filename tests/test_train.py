@@ -114,8 +114,14 @@ def test_gradient_checkpointing_gives_the_same_update(tmp_path):
         results.append(load_policy(config.model, run_dir.checkpoint_dir(1))[0].state_dict())
     off_metrics, off_weights, on_metrics, on_weights = results
     assert on_metrics["loss"] == pytest.approx(off_metrics["loss"], rel=1e-5)
+    # AdamW's first step moves a weight by about lr * g / (|g| + eps): where |g| is near eps (1e-8), rounding
+    # noise in the recomputed forward changes that step by a fraction of lr. A wrong gradient would move
+    # many weights by up to 2 * lr, so: all within lr / 10, and all but a few in 10^3 within 1e-6.
+    lr = smoke_config().training.learning_rate
     for key in off_weights:
-        torch.testing.assert_close(on_weights[key], off_weights[key], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(on_weights[key], off_weights[key], rtol=1e-5, atol=lr / 10)
+        loose = ((on_weights[key] - off_weights[key]).abs() > 1e-6).float().mean().item()
+        assert loose < 1e-3, f"{key}: {loose:.2%} of weights differ by more than 1e-6"
 
 
 def test_kl_to_the_initial_model_is_reported_when_on(tmp_path):
