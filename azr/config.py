@@ -134,15 +134,17 @@ class RewardsConfig(Section):
 
 
 class ExecutorConfig(Section):
-    backend: Literal["auto", "docker", "process"] = Field(
-        "auto", description="Sandbox backend: docker when the daemon answers and the image exists, else process."
+    backend: Literal["auto", "docker", "process", "dask"] = Field(
+        "auto",
+        description="Sandbox backend: docker when the daemon answers and the image exists, else process. dask: each "
+        "batch is split into chunks run by Dask workers, each holding a warm pool of its own (the dask_* keys).",
     )
     image: str = Field(
         "azr-executor",
         description="Docker image of the sandbox (azr sandbox build). Without a tag, the tag is the runner's digest, "
         "so checkouts with different runners on one daemon each keep their own image.",
     )
-    pool_size: int | None = Field(None, gt=0, description="Warm workers/containers; default: CPU count.")
+    pool_size: int | None = Field(None, gt=0, description="Warm workers/containers (per Dask worker with backend dask); default: CPU count.")
     timeout_seconds: float = Field(5.0, gt=0.0, description="Wall-clock limit per program run.")
     cpu_seconds: int = Field(5, gt=0, description="CPU-time limit per program run.")
     memory_mb: int = Field(256, gt=0, description="Address-space limit per program run, MiB.")
@@ -160,6 +162,32 @@ class ExecutorConfig(Section):
     banned_modules: list[str] = Field(
         default_factory=lambda: list(DEFAULT_BANNED_MODULES),
         description="Modules a program may not import (checked on the AST, including __import__/importlib).",
+    )
+    dask_address: str | None = Field(
+        None,
+        description="Backend dask: the scheduler (tcp://host:8786, or tls://... with the certificates in Dask's own "
+        "config); its workers need --resources sandbox=1. None: azr starts a LocalCluster on loopback, with "
+        "temporary TLS credentials, and stops it with the sandbox.",
+    )
+    dask_worker_backend: Literal["auto", "docker", "process"] = Field(
+        "auto",
+        description="Backend dask: the sandbox each Dask worker opens on its own machine; auto: docker where that "
+        "machine's daemon answers and has the current image, else process.",
+    )
+    dask_chunk_size: int = Field(
+        256,
+        gt=0,
+        description="Backend dask: most jobs per Dask task. The batch is split into equal chunks, as many for each "
+        "worker; bigger ones pay Dask's round trip per task less often, smaller ones lose less work to a dead worker.",
+    )
+    dask_idle_close_seconds: float = Field(
+        600.0,
+        gt=0.0,
+        description="Backend dask: a worker closes its pool after this long without a chunk and opens it again for "
+        "the next one, so a client that died without closing leaves no containers running on the workers for long.",
+    )
+    dask_local_workers: int = Field(
+        2, gt=0, description="Backend dask: workers of the LocalCluster started when dask_address is None."
     )
 
 

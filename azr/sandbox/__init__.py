@@ -33,8 +33,12 @@ def choose_backend(config: ExecutorConfig) -> tuple[str, str]:
 
 
 def open_sandbox(config: ExecutorConfig) -> Sandbox:
-    """Start a warm pool for config.backend (auto | docker | process) and log which backend runs."""
+    """Start a warm pool for config.backend (auto | docker | process | dask) and log which backend runs."""
     backend, why = choose_backend(config)
+    if backend == "dask":  # a pool on each Dask worker; it logs what they run
+        from azr.sandbox.dask_backend import DaskSandbox
+
+        return DaskSandbox(config)
     if backend == "docker":
         from azr.sandbox.docker_backend import make_docker_workers
 
