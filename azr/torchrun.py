@@ -5,22 +5,27 @@ torchrun's elastic agent, built from torchrun's own argument parser and launcher
 this node's ranks, restarts none, stops the others when one fails, and here also writes each
 failure (rank, exit code or signal, the exception a rank raised) to a JSON file. `run_ranks` turns
 that file into a `RankFailed` error naming the rank that failed first. Each rank's output goes to
-the console, prefixed `[rank]:`, and to `LOG_DIR/<rdzv id>_*/attempt_0/<local rank>/`.
+the console, prefixed `[rank]:`, and to `LOG_DIR/<rdzv id>_*/attempt_0/<local rank>/`. The agent
+and its ranks exit when the process that started them dies.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from azr.config import DistributedConfig
 
 FAILURES_ENV = "AZR_TORCHRUN_FAILURES"  # where the agent writes the failures it saw
+PARENT_ENV = "AZR_PARENT_PID"  # the pid of the process that started this one (see exit_with_parent)
 
 
 class RankFailed(RuntimeError):
@@ -43,7 +48,7 @@ def run_ranks(module: str, args: Sequence[str], options: Sequence[str], failures
     """Run `python -m module args` on this node's ranks; raise RankFailed naming the first to fail."""
     failures.unlink(missing_ok=True)
     command = [sys.executable, "-m", "azr.torchrun", *options, "-m", module, *args]
-    agent = subprocess.Popen(command, env={**os.environ, FAILURES_ENV: str(failures)})
+    agent = subprocess.Popen(command, env={**os.environ, FAILURES_ENV: str(failures), PARENT_ENV: str(os.getpid())})
     try:
         code = agent.wait()
     except BaseException:  # interrupted: the agent stops its ranks on SIGTERM
@@ -74,6 +79,24 @@ def describe(failures: list[dict[str, Any]], module: str) -> str:
     return f"{module}: {message}"
 
 
+def exit_with_parent(exit_now: Callable[[], None], poll_seconds: float = 0.5) -> None:
+    """Call `exit_now` once the process that started this one is gone (this one is then orphaned).
+
+    torchrun starts each rank in a session of its own, so a SIGKILL to the stage's process group
+    would otherwise leave the ranks training, and writing, next to those of the resumed stage. The
+    starter's pid comes in PARENT_ENV (it may die while this process is still importing torch);
+    this process puts its own there for the processes it starts."""
+    parent = int(os.environ.get(PARENT_ENV) or os.getppid())
+    os.environ[PARENT_ENV] = str(os.getpid())
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        exit_now()
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _failure(rank: int, failure, logs: list[Path]) -> dict[str, Any]:
     """A ProcessFailure as JSON, with the exception message from the rank's error file (torch's @record)."""
     error = failure.message if Path(failure.error_file).is_file() else ""
@@ -91,6 +114,7 @@ def _agent(argv: Sequence[str]) -> int:
     from torch.distributed.launcher.api import elastic_launch
     from torch.distributed.run import config_from_args, parse_args
 
+    exit_with_parent(lambda: os.kill(os.getpid(), signal.SIGTERM))  # torchrun stops its ranks on SIGTERM
     args = parse_args(list(argv))
     config, entrypoint, entry_args = config_from_args(args)
     try:

@@ -7,6 +7,7 @@ the update. `record` writes an exception to torchrun's error file, so the stage'
 
 from __future__ import annotations
 
+import os
 import sys
 
 from torch.distributed.elastic.multiprocessing.errors import record
@@ -14,11 +15,13 @@ from torch.distributed.elastic.multiprocessing.errors import record
 from azr.artifacts import RunDir, read_json
 from azr.config import AZRConfig
 from azr.distributed import process_group
+from azr.torchrun import exit_with_parent
 from stages.train import launch_path, update
 
 
 @record
 def main(argv: list[str] | None = None) -> None:
+    exit_with_parent(lambda: os._exit(1))  # an orphan: its agent was killed, nobody waits for this update
     root, iteration = argv if argv is not None else sys.argv[1:]
     run_dir, iteration = RunDir(root), int(iteration)
     config = AZRConfig.model_validate(read_json(launch_path(run_dir, iteration))["config"])
