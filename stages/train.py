@@ -80,7 +80,9 @@ def update(config: AZRConfig, run_dir: RunDir, iteration: int, ranks: Ranks | No
     or rank 0, writes the checkpoint and train.json."""
     paths = _paths(config, run_dir, iteration)
     samples = rl.samples_from_frame(read_table(paths.rewards), source=str(paths.rewards))
-    model, tokenizer = load_policy(config.model, paths.previous, trainable=True)
+    with torch.random.fork_rng(devices=[]):  # fresh LoRA adapters: the same in one process and on every rank
+        torch.manual_seed(stage_seed(config.seed, iteration, "train-init"))
+        model, tokenizer = load_policy(config.model, paths.previous, trainable=True)
     if config.model.gradient_checkpointing:
         rl.enable_gradient_checkpointing(model)
     place: Callable[[torch.nn.Module], torch.nn.Module] = ranks.prepare if ranks else (lambda m: m)

@@ -40,8 +40,9 @@ METRIC_RTOL = 1e-5
 SUMMED_METRICS = ("loss", "pg_loss", "entropy", "clip_fraction", "grad_norm", "learning_rate")
 
 
-def distributed_config(**distributed) -> AZRConfig:
+def distributed_config(lora: bool = False, **distributed) -> AZRConfig:
     config = smoke_config()  # 5 samples in micro-batches of 2: the ranks get 3 and 2, in 2 and 1 passes
+    config.model.lora.enabled = lora
     config.training.distributed = config.training.distributed.model_copy(update=distributed)
     return config
 
@@ -59,7 +60,14 @@ def one_process(tmp_path_factory) -> RunDir:
     return train_iterations(smoke_config(), RunDir(tmp_path_factory.mktemp("one") / "run"))
 
 
+@pytest.fixture(scope="module")
+def one_process_lora(tmp_path_factory) -> RunDir:
+    """The same with fresh LoRA adapters at iteration 1 (drawn from the run's seed)."""
+    return train_iterations(distributed_config(lora=True), RunDir(tmp_path_factory.mktemp("one-lora") / "run"))
+
+
 def weights(run_dir: RunDir, iteration: int) -> dict[str, torch.Tensor]:
+    """The trained weights (a LoRA checkpoint's merged into the base model)."""
     return load_policy(smoke_config().model, run_dir.checkpoint_dir(iteration))[0].state_dict()
 
 
@@ -111,6 +119,14 @@ def test_fsdp_ranks_give_the_one_process_update_and_save_its_checkpoint_format(o
     assert got["state"].keys() == want["state"].keys()
     for index, state in want["state"].items():
         torch.testing.assert_close(got["state"][index]["exp_avg"], state["exp_avg"], rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.slow
+def test_fsdp_ranks_training_lora_adapters_give_the_one_process_update(one_process_lora, tmp_path):
+    run_dir = train_iterations(distributed_config(lora=True, nproc_per_node=2, fsdp=True), RunDir(tmp_path / "run"))
+    assert read_meta(run_dir.checkpoint_dir(2))["lora"] is True
+    assert_same_update(one_process_lora, run_dir, 1)  # the same fresh adapters on every rank as in one process
+    assert_same_update(one_process_lora, run_dir, 2)
 
 
 @pytest.mark.slow
@@ -204,8 +220,9 @@ def rank_processes(run_root: Path) -> list[psutil.Process]:
 
 @pytest.mark.slow
 def test_a_run_on_dask_and_two_ranks_completes_and_resumes_exactly(tmp_path):
-    overrides = ("--set", "executor.backend=dask", "--set", "training.distributed.nproc_per_node=2")
-    result = run_azr("run", "--config", SMOKE_CONFIG, "--runs-dir", tmp_path / "whole", *overrides)
+    overrides = ("--set", "executor.backend=dask", "--set", "training.distributed.nproc_per_node=2",
+                 "--set", "eval.every=0")  # evaluation is not what this is about; it only adds minutes
+    result = run_azr("run", "--config", SMOKE_CONFIG, "--runs-dir", tmp_path / "whole", *overrides, timeout=3600)
     assert result.returncode == 0, f"azr run failed:\n{result.stdout}\n{result.stderr}"
     reference = RunDir(tmp_path / "whole" / "smoke")
 
@@ -215,7 +232,7 @@ def test_a_run_on_dask_and_two_ranks_completes_and_resumes_exactly(tmp_path):
                                cwd=ROOT, env=azr_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                start_new_session=True)
     run = RunDir(runs_dir / "smoke")
-    deadline = time.monotonic() + 1200
+    deadline = time.monotonic() + 3600
     try:
         while not [p for p in rank_processes(run.root) if p.info["cmdline"][-1] == "2"]:
             assert process.poll() is None, f"azr run ended before training iteration 2:\n{process.stderr.read()}"
@@ -229,7 +246,7 @@ def test_a_run_on_dask_and_two_ranks_completes_and_resumes_exactly(tmp_path):
     assert not alive, f"ranks outlived the killed run: {[p.pid for p in alive]}"
     assert not run.stage_file(2, "train.json").exists() and run.stage_file(1, "train.json").exists()
 
-    result = run_azr("resume", run.root)
+    result = run_azr("resume", run.root, timeout=3600)
     assert result.returncode == 0, f"azr resume failed:\n{result.stdout}\n{result.stderr}"
     for iteration in (1, 2):
         assert file_hashes(run, iteration) == file_hashes(reference, iteration)  # weights, optimizer, RNG: bitwise
