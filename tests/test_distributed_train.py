@@ -17,6 +17,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -28,7 +29,7 @@ import torch
 
 from azr.artifacts import RunDir, read_table, write_table
 from azr.checkpoint import load_policy, read_meta
-from azr.config import AZRConfig, ConfigError, build_config
+from azr.config import AZRConfig, ConfigError, build_config, dump_config
 from azr.distributed import Ranks
 from azr.torchrun import RankFailed
 from stages.train import train
@@ -216,6 +217,29 @@ def rank_processes(run_root: Path) -> list[psutil.Process]:
         if "stages.train_rank" in command and str(run_root) in command:
             found.append(process)
     return found
+
+
+@pytest.mark.slow
+def test_ranks_exit_when_the_process_running_the_stage_is_killed(tmp_path):
+    run_dir = RunDir(tmp_path / "run")
+    write_rewards(run_dir, 1)
+    config = tmp_path / "config.yaml"
+    config.write_text(dump_config(distributed_config(nproc_per_node=2)))
+    code = ("import sys; from azr.artifacts import RunDir; from azr.config import load_config; "
+            "from stages.train import train; train(load_config(sys.argv[1]), RunDir(sys.argv[2]), 1)")
+    stage = subprocess.Popen([sys.executable, "-c", code, str(config), str(run_dir.root)], cwd=ROOT, env=azr_env(),
+                             start_new_session=True)
+    deadline = time.monotonic() + 600
+    try:
+        while len(rank_processes(run_dir.root)) < 2:
+            assert stage.poll() is None and time.monotonic() < deadline, "the ranks never started"
+            time.sleep(0.05)
+    finally:
+        os.killpg(stage.pid, signal.SIGKILL)  # the stage and torchrun's agent; the ranks have sessions of their own
+        stage.wait()
+    _, alive = psutil.wait_procs(rank_processes(run_dir.root), timeout=60)
+    assert not alive, f"ranks outlived the stage: {[p.pid for p in alive]}"
+    assert not run_dir.stage_file(1, "train.json").exists()
 
 
 @pytest.mark.slow
