@@ -15,7 +15,7 @@ train stage that wrote them still counts as complete.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,14 +51,18 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def save_checkpoint(directory: Path, model, tokenizer, optimizer, scheduler, rng: dict[str, Any], *,
                     iteration: int, model_config: ModelConfig, inputs: Sequence[Path] = (),
-                    config_hash: str = "") -> Path:
-    """Write model (or LoRA adapter), tokenizer, optimizer, scheduler and RNG state atomically."""
+                    config_hash: str = "", model_state: dict[str, torch.Tensor] | None = None,
+                    optimizer_state: dict[str, Any] | None = None) -> Path:
+    """Write model (or LoRA adapter), tokenizer, optimizer, scheduler and RNG state atomically.
+
+    `model_state` and `optimizer_state`, when given, are saved instead of the model's and optimizer's
+    own (FSDP: the whole states gathered from the ranks' shards)."""
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, state_dict=model_state)
     tokenizer.save_pretrained(tmp)
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     torch.save(rng, tmp / "rng.pt")
     files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -120,10 +124,13 @@ def _load_policy(model_config: ModelConfig, checkpoint: Path | None, trainable: 
     return model, tokenizer
 
 
-def load_training_state(checkpoint: Path, optimizer, scheduler) -> dict[str, Any]:
-    """Restore optimizer and scheduler from a checkpoint; return its RNG state."""
+def load_training_state(checkpoint: Path, optimizer, scheduler,
+                        load_optimizer: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Restore optimizer and scheduler from a checkpoint; return its RNG state. `load_optimizer`
+    applies the saved optimizer state instead of `optimizer.load_state_dict` (FSDP: to the shards)."""
     checkpoint = Path(checkpoint)
-    optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True))
+    state = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+    (load_optimizer or optimizer.load_state_dict)(state)
     scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
     return torch.load(checkpoint / "rng.pt", weights_only=True)
 

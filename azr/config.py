@@ -298,6 +298,46 @@ class BufferConfig(Section):
     max_size: int = Field(5000, gt=0, description="Most tasks kept in the buffer (oldest seed tasks are kept first).", title="Buffer size limit")
 
 
+class DistributedConfig(Section):
+    nproc_per_node: int = Field(
+        1, gt=0,
+        description="Training processes (torchrun ranks) on each node, one per GPU. 1 with nnodes 1: the update runs "
+        "in the train stage's own process, without torchrun.",
+    )
+    nnodes: int = Field(
+        1, gt=0,
+        description="Machines that train together. Beyond 1, every other machine runs `azr train-node RUN_DIR` "
+        "(the run directory on shared storage) and joins each train stage at rdzv_endpoint.",
+    )
+    rdzv_endpoint: str = Field(
+        "127.0.0.1:29400",
+        description="host:port of the torchrun rendezvous when nnodes > 1: an address of the machine running the flow, "
+        "reachable from the others (a free port there). With nnodes 1 the ranks meet on a free loopback port instead.",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend. auto: nccl when CUDA is available, else gloo."
+    )
+    fsdp: bool = Field(
+        False,
+        description="Shard weights, gradients and optimizer state across the ranks with FSDP2 (fully_shard), for "
+        "models whose training state does not fit one device. Off: every rank holds the whole model and the "
+        "gradients are summed once after the micro-batches.",
+    )
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port")
+        return value
+
+    @property
+    def world_size(self) -> int:
+        """Ranks in all: 1 means the update runs in the stage's own process."""
+        return self.nproc_per_node * self.nnodes
+
+
 class TrainingConfig(Section):
     enabled: bool = Field(True, description="Run the policy update; off gives a self-play run without learning.", title="Train the policy")
     learning_rate: float = Field(1e-6, gt=0.0, description="AdamW learning rate.", title="Learning rate")
@@ -321,6 +361,9 @@ class TrainingConfig(Section):
         description="Weigh the roles equally in the loss: each role's loss is the mean over its own tokens, and the "
         "loss is the mean over roles (as the reference trains proposer and solver in equal numbers). Off: one mean "
         "over every token, so the n solver rollouts per task outweigh the proposals.", title="Balance roles in the loss",
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="Training on several processes, GPUs or machines (torchrun)."
     )
 
 

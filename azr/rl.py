@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from transformers import get_constant_schedule_with_warmup
 
 from azr.config import TrainingConfig
+from azr.distributed import Ranks
 from azr.hf_compat import enable_activation_checkpointing
 
 SAMPLE_COLUMNS = ("role", "prompt_ids", "response_ids", "response_mask", "logprobs", "advantage")
@@ -270,7 +271,8 @@ def without_dropout(model: torch.nn.Module) -> None:
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                samples: Sequence[Sample], cfg: TrainingConfig, reference: torch.nn.Module | None = None,
-               use_recorded_logprobs: bool = True, temperature: float = 1.0) -> dict[str, float]:
+               use_recorded_logprobs: bool = True, temperature: float = 1.0,
+               ranks: Ranks | None = None) -> dict[str, float]:
     """One policy update over all `samples`; returns the metrics train.json reports.
 
     `reference` is the initial model for the KL term when `cfg.kl_coef > 0` (not needed for LoRA,
@@ -278,6 +280,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     (generation ran in another dtype, so its log-probs are not this model's), the PPO old log-probs
     are this forward pass's own, detached: the step is one update, so that is the policy that sampled.
     `temperature` is the one the samples were drawn (and their log-probs recorded) at.
+    With `ranks` (a torchrun rank), every rank passes the whole batch and trains on its share of it;
+    the token weights, gradients and metrics are the whole batch's (see azr/distributed.py).
     """
     total_tokens = sum(sum(s.trained()) for s in samples)
     if total_tokens == 0:
@@ -291,10 +295,12 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     without_dropout(model)
     optimizer.zero_grad(set_to_none=True)
     share = not getattr(model, "is_activation_checkpointing", False)  # the prompt's cache needs use_cache
-    for chunk, shared in micro_batches(samples, cfg.micro_batch_size, share):
+    for chunk, shared in _rank_micro_batches(samples, cfg.micro_batch_size, share, ranks):
+        idle = not chunk  # under FSDP a rank out of samples still takes part in each pass, with no tokens
+        chunk = chunk or [0]
         make = collate_shared if shared else collate
         batch = {k: v.to(device) for k, v in make([samples[i] for i in chunk], [weights[i] for i in chunk]).items()}
-        mask = batch["response_mask"]
+        mask = batch["response_mask"] & (not idle)
         with autocast(precision, device):
             logprobs, entropy = response_logprobs(model, batch, temperature)
         old_logprobs = batch["old_logprobs"] if use_recorded_logprobs else logprobs.detach()
@@ -316,7 +322,12 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
         sums["clip_fraction"] += clipped[mask].sum().item()
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    if ranks is not None:
+        ranks.sum_gradients(params)  # once, after the micro-batches: the whole batch's gradient on every rank
+        sums = ranks.sum(sums)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+        grad_norm = grad_norm.full_tensor()
     learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
     optimizer.step()
     scheduler.step()
@@ -330,6 +341,17 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     metrics.update(grad_norm=float(grad_norm), tokens=total_tokens, learning_rate=learning_rate,
                    bf16_mixed=float(precision == "bf16-mixed"))
     return metrics
+
+
+def _rank_micro_batches(samples: Sequence[Sample], size: int, share: bool,
+                        ranks: Ranks | None) -> list[tuple[list[int], bool]]:
+    """`micro_batches` in one process; on torchrun ranks, this rank's share of the length-sorted samples
+    (each micro-batch batched whole: a shared prompt's rollouts may sit on different ranks)."""
+    if ranks is None:
+        return micro_batches(samples, size, share)
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids),
+                   reverse=True)
+    return [(chunk, False) for chunk in ranks.micro_batches(order, size)]
 
 
 def micro_batches(samples: Sequence[Sample], size: int, share: bool = True) -> list[tuple[list[int], bool]]:

@@ -1,6 +1,6 @@
 """The `azr` console script: library commands from `azr.cli` plus the run-level commands.
 
-run, resume, serve, runs, tasks. Prefect is imported inside the commands, after
+run, resume, serve, runs, tasks, train-node. Prefect is imported inside the commands, after
 `prepare_environment` has set PREFECT_HOME and the offline defaults (Prefect reads its settings
 at import).
 """
@@ -332,6 +332,26 @@ def serve_command(
     console.print(f"serving deployment azr-run/{name} on {api_url}; open the UI, pick the deployment, press Run")
     reaper.watch()  # the flow runs this process starts end with it, even on SIGKILL
     serve_deployment(cfg, name)
+
+
+@app.command("train-node")
+def train_node_command(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory, on storage this machine shares with the flow's.")],
+    launches: Annotated[Optional[int], typer.Option("--launches", min=1, help="Stop after this many train stages [default: never].")] = None,
+) -> None:
+    """Be one more training node of a run on several machines (training.distributed.nnodes > 1).
+
+    Start it on every machine but the one running the flow: it waits for each train stage of the
+    run, joins it at training.distributed.rdzv_endpoint with nproc_per_node ranks of its own, and
+    waits for the next. Stop it with Ctrl-C when the run is over.
+    """
+    from stages.train import serve_node
+
+    run = RunDir(run_dir.expanduser().resolve())
+    if not run.root.is_dir():
+        raise _fail(f"{run.root}: no such run directory (is the shared storage mounted here?)")
+    console.print(f"waiting for the train stages of {run.root}")
+    serve_node(run, launches=launches, log=console.print)
 
 
 if __name__ == "__main__":
