@@ -136,6 +136,9 @@ class DockerWorker:
             environment={"PYTHONHASHSEED": "0", **RUNNER_ENV},
             host_config=host_config,
             labels={"azr.sandbox": "executor"},
+            # The runner (PID 1) has no use for SIGTERM, which PID 1 ignores anyway: without this, a
+            # daemon shutting down (a restart) would wait out its stop timeout for every container.
+            stop_signal="SIGKILL",
         )["Id"]
         self._stream = None
         if self.decoder is not None:
