@@ -29,7 +29,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 class _State:
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # the handler may run while the main thread holds it
         self.in_stage = 0  # interruptible bodies running (a stage may call another)
         self.pending: int | None = None  # a signal waiting for the next stage
         self.received: int | None = None  # the first signal (what azr reports)

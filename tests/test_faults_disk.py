@@ -121,7 +121,7 @@ def test_a_run_whose_disk_fills_up_fails_clearly_and_resumes_to_the_same_rows(sm
     from azr.artifacts import RunDir
 
     resize(small_disk, 24)
-    result = run_azr("run", "--config", SMOKE_CONFIG, "--runs-dir", small_disk)
+    result = run_azr("run", "--config", SMOKE_CONFIG, "--runs-dir", small_disk, timeout=3600)
     assert result.returncode != 0, "the run fitted: make the disk smaller"
     err = " ".join(result.stderr.split())
     assert "no space left on the device" in err.lower(), result.stderr[-3000:]
@@ -132,7 +132,7 @@ def test_a_run_whose_disk_fills_up_fails_clearly_and_resumes_to_the_same_rows(sm
             read_table(path)
 
     resize(small_disk, 256)
-    result = run_azr("resume", run.root)
+    result = run_azr("resume", run.root, timeout=3600)
     assert result.returncode == 0, f"azr resume failed:\n{result.stdout}\n{result.stderr}"
     reference = RunDir(smoke_run[1])
     for iteration in (1, 2):

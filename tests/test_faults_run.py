@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import closing
 from pathlib import Path
 
 import pandas as pd
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.slow  # each runs azr end to end, several times
 PARQUET = ("proposals.parquet", "tasks.parquet", "solutions.parquet", "rewards.parquet")
 STAGES = ("propose", "validate", "solve", "score", "train", "update-buffer", "evaluate", "log-iteration")
 STOP_LIMIT = 120  # seconds a stopped run may take to exit before the test calls it hung
+RUN_LIMIT = 3600  # seconds a run or resume may take (a smoke run takes minutes on a crowded 2-core machine)
 
 
 def without_timing(frame: pd.DataFrame) -> pd.DataFrame:
@@ -112,17 +114,13 @@ def prefect_rows(runs_dir: Path, query: str, *args: object) -> list[tuple]:
     if not database.exists():
         return []
     try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5) as connection:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)) as connection:
             return connection.execute(query, args).fetchall()
     except sqlite3.OperationalError:  # locked or not created yet: ask again
         return []
 
 
-def task_runs(runs_dir: Path, name: str) -> dict[str, str]:
-    return dict(prefect_rows(runs_dir, "select id, state_type from task_run where name = ?", name))
-
-
-def wait_for(condition, azr: Azr, what: str, timeout: float = 900, every: float = 0.01) -> None:
+def wait_for(condition, azr: Azr, what: str, timeout: float = RUN_LIMIT, every: float = 0.01) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if not azr.alive():
@@ -137,34 +135,67 @@ def wait_for(condition, azr: Azr, what: str, timeout: float = 900, every: float 
 STOPS = [(1, stage, signal.SIGTERM) for stage in STAGES] + [(2, stage, signal.SIGINT) for stage in STAGES]
 
 
+def mlflow_steps(runs_dir: Path, key_pattern: str) -> set[int]:
+    """Steps at which the run directory's MLflow store holds a metric whose key is LIKE ``key_pattern``."""
+    database = runs_dir / "mlflow.db"
+    if not database.exists():
+        return set()
+    try:
+        with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=1)) as connection:
+            return {row[0] for row in connection.execute("select step from metrics where key like ?", (key_pattern,))}
+    except sqlite3.OperationalError:  # tables not created yet, or locked for a moment
+        return set()
+
+
+def done_before(run: RunDir, iteration: int, stage: str):
+    """A check that turns true when the stage before ``stage`` has finished its work (its output's manifest,
+    or what it logged to MLflow): written at the end of that stage's body, so a signal sent then lands in
+    Prefect's bookkeeping between the two stages, or in ``stage`` itself."""
+    runs_dir = run.root.parent
+    previous = {
+        "validate": run.stage_file(iteration, "proposals.parquet"), "solve": run.stage_file(iteration, "tasks.parquet"),
+        "score": run.stage_file(iteration, "solutions.parquet"), "train": run.stage_file(iteration, "rewards.parquet"),
+        "update-buffer": run.stage_file(iteration, "train.json"), "evaluate": run.buffer_path(iteration),
+        "log-iteration": run.eval_path(iteration),
+    }
+    if stage in previous:
+        return lambda: manifest_path(previous[stage]).exists()
+    if iteration == 1:  # propose-1 follows the base model's evaluation being logged
+        return lambda: 0 in mlflow_steps(runs_dir, "eval/%")
+    return lambda: iteration - 1 in mlflow_steps(runs_dir, "iteration")
+
+
+def latest_task_state(runs_dir: Path, task: str) -> str | None:
+    rows = prefect_rows(runs_dir, "select state_type from task_run where name = ? order by created desc limit 1", task)
+    return rows[0][0] if rows else None
+
+
 def test_sigterm_and_sigint_in_every_stage_stop_the_run_and_it_resumes_exactly(smoke_run, tmp_path, capsys):
     """One run stopped 16 times: SIGTERM in each stage of iteration 1, Ctrl-C in each stage of iteration 2,
-    each in a fresh process resuming the last. Each stop: the process exits by itself, says what to do,
-    Prefect records the flow run and the stage's task run as crashed, MLflow the run as killed, and
-    nothing it started is left. Then a last resume finishes the run with the rows of an uninterrupted one."""
+    each time in a fresh process resuming the last (which redoes the stage stopped before, then reaches
+    the next). Each stop: the process exits by itself, says what to do, Prefect records the flow run and
+    the stage's task run as crashed, MLflow the run as killed, and nothing it started is left. Then a
+    last resume finishes the run with the rows of an uninterrupted one."""
     runs_dir = tmp_path / "runs"
     run = RunDir(runs_dir / "smoke")
     seconds = {}
     for number, (iteration, stage, signum) in enumerate(STOPS):
         task = f"{stage}-{iteration}"
-        before = task_runs(runs_dir, task)
         args = ("run", "--config", SMOKE_CONFIG, "--runs-dir", runs_dir) if number == 0 else ("resume", run.root)
         azr = Azr(*args, tmp=tmp_path / f"tmp-{number}")
-        # Once this process has made the stage's task run, the stop lands in that stage: at once when its
-        # body runs, else (Prefect's bookkeeping) as the body starts (flows.signals).
-        wait_for(lambda: set(task_runs(runs_dir, task)) - set(before), azr, f"task run {task}")
+        wait_for(done_before(run, iteration, stage), azr, f"the stage before {task}")
+        time.sleep(0.05)  # past the end of the previous stage's body (its last statement wrote that output)
         seconds[task], err = azr.stop(signum)
-        (new_run,) = set(task_runs(runs_dir, task)) - set(before)
         flat = " ".join(err.split())
         assert azr.process.returncode == 128 + signum, err
         assert f"stopped by {signal.Signals(signum).name}" in flat and f"azr resume {run.root}" in flat, err
-        assert task_runs(runs_dir, task)[new_run] == "CRASHED", f"{task} was not the stage stopped"
+        assert latest_task_state(runs_dir, task) == "CRASHED", f"{task} was not the stage stopped"
         flows = prefect_rows(runs_dir, "select state_type from flow_run where parent_task_run_id is null order by created")
         assert flows[-1] == ("CRASHED",)
         assert mlflow_run(runs_dir)[1].info.status == "KILLED"
         azr.assert_nothing_left()
 
-    result = run_azr("resume", run.root)
+    result = run_azr("resume", run.root, timeout=RUN_LIMIT)
     assert result.returncode == 0, f"azr resume failed:\n{result.stdout}\n{result.stderr}"
     assert_same_rows(run, RunDir(smoke_run[1]))
     client, logged = mlflow_run(runs_dir)
@@ -195,7 +226,7 @@ def test_a_locked_mlflow_store_does_not_stop_the_run_and_gets_the_metrics_later(
     finally:
         lock.execute("ROLLBACK")
         lock.close()
-    out, err = azr.process.communicate(timeout=900)
+    out, err = azr.process.communicate(timeout=RUN_LIMIT)
     assert azr.process.returncode == 0, err
     assert "MLflow tracking store" in err and "the run goes on" in err, err
     client, logged = mlflow_run(runs_dir)
@@ -285,7 +316,7 @@ def test_resume_names_damaged_files_and_recomputes_their_stages(smoke_run, tmp_p
     weights.write_bytes(bytes(data))
     manifest_path(run.stage_file(2, "tasks.parquet")).write_text("{ not json")
 
-    result = run_azr("resume", root)
+    result = run_azr("resume", root, timeout=RUN_LIMIT)
     assert result.returncode == 0, f"azr resume failed:\n{result.stdout}\n{result.stderr}"
     err = " ".join(result.stderr.split())
     for named in ("iter-0002/rewards.parquet: its contents do not match its manifest",
@@ -332,7 +363,8 @@ def test_the_docker_daemon_restarted_during_validate_costs_the_run_nothing(smoke
     run = RunDir(runs_dir / "smoke")
     azr = Azr("run", "--config", SMOKE_CONFIG, "--runs-dir", runs_dir, "--set", "executor.backend=docker", tmp=tmp_path / "tmp")
     try:
-        wait_for(lambda: task_runs(runs_dir, "validate-1") and any("container" in item for item in azr.leftovers()), azr,
+        proposals = manifest_path(run.stage_file(1, "proposals.parquet"))  # validate starts next
+        wait_for(lambda: proposals.exists() and any("container" in item for item in azr.leftovers()), azr,
                  "the validate stage's containers", every=0.2)
         pid = dockerd_pid()
         os.kill(pid, signal.SIGTERM)
@@ -343,7 +375,7 @@ def test_the_docker_daemon_restarted_during_validate_costs_the_run_nothing(smoke
     finally:
         if dockerd_pid() is None:
             start_dockerd()
-    out, err = azr.process.communicate(timeout=900)
+    out, err = azr.process.communicate(timeout=RUN_LIMIT)
     assert azr.process.returncode == 0, err
     assert "Docker daemon does not answer" in err or "replacing it" in err, err  # the stage saw the outage
     assert_same_rows(run, RunDir(smoke_run[1]))

@@ -228,3 +228,15 @@ def test_killing_one_container_during_4000_cruxeval_validations_changes_no_verdi
     with capsys.disabled():
         print(f"\n4000 CRUXEval validations: {undisturbed_seconds:.2f} s undisturbed, {disturbed_seconds:.2f} s with one "
               f"container killed (+{disturbed_seconds - undisturbed_seconds:.2f} s); 4000/4000 verdicts equal")
+
+
+def test_a_docker_daemon_that_does_not_come_back_is_a_clear_error(monkeypatch):
+    """With the docker backend configured, the pool waits for a daemon that does not answer (a restart),
+    then fails saying what to do. (A daemon address nothing listens on: the machine's daemon stays up.)"""
+    from azr.config import ExecutorConfig
+    from azr.sandbox import open_sandbox, SandboxError
+
+    monkeypatch.setattr(client_module, "RESTART_SECONDS", 2.0)
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(SandboxError, match=r"Docker daemon does not answer.*waited 2 s.*Start it.*azr resume"):
+        open_sandbox(ExecutorConfig(backend="docker", pool_size=1))
