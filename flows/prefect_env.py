@@ -71,7 +71,8 @@ def detach_ephemeral_server() -> None:
     azr, stopped at once, and azr then retried for minutes to record the interrupted run in it. In a
     group of its own it stays up until azr has recorded the run as crashed and stops it at exit (Prefect
     registers that with atexit); it also gets SIGTERM when azr dies (PR_SET_PDEATHSIG), so a
-    `kill -9` of azr leaves no server behind. Call after `prepare_environment`, before running a flow.
+    `kill -9` of azr leaves no server behind. Starts the server; call after `prepare_environment`,
+    from the main thread, before running a flow.
     """
     if os.environ.get("PREFECT_API_URL"):
         return
@@ -95,4 +96,6 @@ def detach_ephemeral_server() -> None:
             finally:
                 subprocess.Popen = popen
 
-    DetachedServer()  # Prefect's SubprocessASGIServer() now returns this instance (one per port; None = any)
+    # Prefect's SubprocessASGIServer() now returns this instance (one per port; None = any). Started here,
+    # from the main thread: the parent-death signal fires when the thread that started the child ends.
+    DetachedServer().start()
