@@ -321,6 +321,9 @@ class Sandbox:
             batch.lost.extend(held)
         self._slots[self._slots.index(slot)] = self._start_replacement(slot.worker.name)
         self.replaced += 1
+        now = time.monotonic()
+        for other in self._slots:  # not listened to while the replacement started: their silence is ours
+            other.last_heard = now
 
     def _start_replacement(self, name: str) -> _Slot:
         """A fresh worker. Starting may fail for a while (a Docker daemon restarting): keep trying for RESTART_SECONDS."""
