@@ -7,9 +7,11 @@ Layout of `runs/<run>/iter-NNNN/checkpoint/`:
     optimizer.pt  scheduler.pt  rng.pt                 what resuming needs to continue identically
     checkpoint.json (+ manifest)                       written last: what is in here, and file hashes
 
-A checkpoint directory is written under a temporary name and renamed, so it is either whole or absent.
-Pruning deletes the weights and states of old checkpoints but keeps their `checkpoint.json`, so the
-train stage that wrote them still counts as complete.
+A checkpoint directory is written under a temporary name and renamed, so it is either whole or absent
+(a full disk is a NoSpaceError, and the partial copy is removed). Pruning deletes the weights and
+states of old checkpoints but keeps their `checkpoint.json`, so the train stage that wrote them still
+counts as complete. `discard_damaged_checkpoints` removes a checkpoint whose files no longer match the
+hashes in its checkpoint.json, so that its train stage runs again instead of training on it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ import torch
 from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 
-from azr.artifacts import ArtifactError, RunDir, file_sha256, read_json, write_json
+from azr.artifacts import (ArtifactError, NoSpaceError, RunDir, file_sha256, manifest_path, no_space, out_of_space,
+                           read_json, write_json)
 from azr.config import ModelConfig
 from azr.model import generation_dtype, load_model
 
@@ -60,15 +63,22 @@ def save_checkpoint(directory: Path, model, tokenizer, optimizer, scheduler, rng
     directory = Path(directory)
     tmp = directory.with_name(f".{directory.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, state_dict=model_state)
-    tokenizer.save_pretrained(tmp)
-    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng, tmp / "rng.pt")
-    files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-    meta = {"iteration": iteration, "lora": isinstance(model, PeftModel),
-            "base_model": model_config.name_or_path, "files": files}
-    write_json(meta, meta_path(tmp), inputs=inputs, config_hash=config_hash)
+    try:
+        model.save_pretrained(tmp, state_dict=model_state)
+        tokenizer.save_pretrained(tmp)
+        torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng, tmp / "rng.pt")
+        files = {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        meta = {"iteration": iteration, "lora": isinstance(model, PeftModel),
+                "base_model": model_config.name_or_path, "files": files}
+        write_json(meta, meta_path(tmp), inputs=inputs, config_hash=config_hash)
+    except Exception as exc:
+        full = not isinstance(exc, NoSpaceError) and out_of_space(exc, tmp.parent)
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave a partial copy taking the space
+        if full:
+            raise no_space(directory, exc) from exc
+        raise
     shutil.rmtree(directory, ignore_errors=True)
     tmp.rename(directory)
     return directory
@@ -81,6 +91,36 @@ def read_meta(checkpoint: Path) -> dict[str, Any]:
     if missing:
         raise ArtifactError(f"{checkpoint}: checkpoint was pruned or is incomplete (missing {', '.join(missing)})")
     return meta
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """What is wrong with a checkpoint's files, or None when they match checkpoint.json (or it was pruned)."""
+    try:
+        files = read_json(meta_path(checkpoint))["files"]
+        present = {name: Path(checkpoint) / name for name in files if (Path(checkpoint) / name).exists()}
+    except (ArtifactError, KeyError, TypeError, AttributeError):
+        return f"{META_FILE} is unreadable"
+    if not present:
+        return None  # pruned: only checkpoint.json is kept, by design
+    missing = sorted(set(files) - set(present))
+    if missing:
+        return f"missing {', '.join(missing)}"
+    bad = [name for name, path in present.items() if file_sha256(path) != files[name]]
+    return f"{', '.join(bad)} do not match {META_FILE} (corrupt or truncated)" if bad else None
+
+
+def discard_damaged_checkpoints(run_dir: RunDir) -> list[str]:
+    """Remove every checkpoint whose files are damaged, and the train stage's mark that it is done,
+    so that the stage trains it again; returns one line per checkpoint, naming it and what is wrong."""
+    lines = []
+    for iteration in run_dir.iterations():
+        checkpoint = run_dir.checkpoint_dir(iteration)
+        problem = checkpoint_problem(checkpoint) if meta_path(checkpoint).exists() else None
+        if problem:
+            shutil.rmtree(checkpoint)
+            manifest_path(run_dir.stage_file(iteration, "train.json")).unlink(missing_ok=True)
+            lines.append(f"{checkpoint.relative_to(run_dir.root)}: {problem}")
+    return lines
 
 
 def latest_checkpoint(run_dir: RunDir, before_iteration: int) -> Path | None:
