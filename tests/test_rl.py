@@ -267,7 +267,7 @@ def test_roles_weigh_equally_in_the_loss():
     assert abs(balanced - plain) > 0.05
 
 
-def test_rollouts_that_share_a_prompt_give_the_same_update_with_the_prompt_computed_once():
+def test_rollouts_that_share_a_prompt_give_the_same_update_with_the_prompt_computed_once(monkeypatch):
     model, tokenizer = tiny_model()
     prompt = tokenizer(PROMPTS[0], add_special_tokens=False).input_ids
     drafts = [rl.Sample(prompt, tokenizer(r, add_special_tokens=False).input_ids, [], a, None, "solve")
@@ -281,17 +281,22 @@ def test_rollouts_that_share_a_prompt_give_the_same_update_with_the_prompt_compu
         for i, s in enumerate(samples):
             whole = rl.response_logprobs(model, rl.collate([s]))[0][0]
             torch.testing.assert_close(shared[i, :len(s.response_ids)], whole, atol=1e-5, rtol=0)
-    def gradients(model, checkpointing):
+    batches = rl.micro_batches
+
+    def gradients(model, checkpointing, share=True):
         cfg = TrainingConfig(learning_rate=1e-3, micro_batch_size=4)
         optimizer, scheduler = rl.build_optimizer(model, cfg)
         if checkpointing:
-            rl.enable_gradient_checkpointing(model)  # the path without prompt sharing
+            rl.enable_gradient_checkpointing(model)
         seen = {}
         optimizer.step = lambda: seen.update({n: p.grad.clone() for n, p in model.named_parameters()})
-        return rl.train_step(model, optimizer, scheduler, samples, cfg), seen
+        monkeypatch.setattr(rl, "micro_batches", lambda samples, size: batches(samples, size, share))
+        return rl.train_step(model, optimizer, scheduler, samples, cfg), seen  # share=False: each sample whole
 
-    metrics_shared, shared_grads = gradients(copy.deepcopy(model), False)
-    metrics_whole, whole_grads = gradients(copy.deepcopy(model), True)
-    assert metrics_shared["loss"] == pytest.approx(metrics_whole["loss"], abs=1e-6)
-    for name, grad in whole_grads.items():
-        torch.testing.assert_close(shared_grads[name], grad, atol=1e-6, rtol=1e-4)
+    metrics_whole, whole_grads = gradients(copy.deepcopy(model), False, share=False)
+    # The shared pass, with and without activation checkpointing (the packed row needs no cache).
+    for checkpointing in (False, True):
+        metrics_shared, shared_grads = gradients(copy.deepcopy(model), checkpointing)
+        assert metrics_shared["loss"] == pytest.approx(metrics_whole["loss"], abs=1e-6)
+        for name, grad in whole_grads.items():
+            torch.testing.assert_close(shared_grads[name], grad, atol=1e-6, rtol=1e-4)
