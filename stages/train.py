@@ -68,5 +68,6 @@ def train(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     save_checkpoint(checkpoint, model, tokenizer, optimizer, scheduler, rng, iteration=iteration,
                     model_config=config.model, inputs=inputs, config_hash=config_hash)
     write_json(metrics, out, inputs=inputs, config_hash=config_hash, seconds=seconds)
-    prune_checkpoints(run_dir, config.training.keep_checkpoints, newest=iteration)
+    keep = None if config.training.keep_policies else config.training.keep_checkpoints
+    prune_checkpoints(run_dir, keep, newest=iteration, policy_dtype=generation_dtype(config.model))
     return out
