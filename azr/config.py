@@ -347,7 +347,18 @@ class TrainingConfig(Section):
     kl_coef: float = Field(0.0, ge=0.0, description="KL penalty to the initial model; 0 = off.", title="KL coefficient")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.", title="Max gradient norm")
     micro_batch_size: int = Field(4, gt=0, description="Samples per forward/backward; bounds training memory.", title="Micro-batch size")
-    keep_checkpoints: int = Field(2, ge=0, description="Older checkpoints kept besides the newest one.", title="Older checkpoints kept")
+    keep_checkpoints: int = Field(
+        2, ge=0,
+        description="Older checkpoints kept besides the newest one, as policies: weights in model.generation_dtype, "
+        "without the optimizer state (only the newest checkpoint keeps what resuming needs).",
+        title="Older checkpoints kept",
+    )
+    keep_policies: bool = Field(
+        False,
+        description="Keep every iteration's policy (overrides keep_checkpoints), e.g. to evaluate each iteration "
+        "later: weights in model.generation_dtype, no optimizer state (SmolLM2-135M in bfloat16: about 270 MB each).",
+        title="Keep every policy",
+    )
     warmup_steps: int = Field(0, ge=0, description="Iterations of linear learning-rate warmup (from 0); then constant.", title="Warmup iterations")
     precision: Literal["auto", "fp32", "bf16-mixed"] = Field(
         "fp32",

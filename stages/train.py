@@ -71,7 +71,8 @@ def train(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
         _launch(config, run_dir, iteration)
     else:
         update(config, run_dir, iteration)
-    prune_checkpoints(run_dir, config.training.keep_checkpoints, newest=iteration)
+    keep = None if config.training.keep_policies else config.training.keep_checkpoints
+    prune_checkpoints(run_dir, keep, newest=iteration, policy_dtype=generation_dtype(config.model))
     return paths.out
 
 
