@@ -3,14 +3,19 @@
 One writer: `write_table` writes to a temporary name, fsyncs, renames, then writes the manifest
 (`<name>.manifest.json`). The manifest is written last, so a file without a matching manifest is
 never taken as complete. `stage_complete` answers whether a stage's outputs are current for the
-inputs and config it is about to run with; that is what makes resume work.
+inputs and config it is about to run with; that is what makes resume work. A full disk is a
+`NoSpaceError` naming the file; what was being written is removed, what was finished is kept.
+`discard_damaged` finds finished files that no longer match their manifests (a corrupt or
+truncated file), so that their stages run again instead of feeding the next ones.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,31 @@ SCHEMA_VERSION = 2  # 2: response_mask (azr's scaffold tokens are not the model'
 
 class ArtifactError(RuntimeError):
     """A stage input or output that is missing, unreadable or does not match its manifest."""
+
+
+class NoSpaceError(ArtifactError):
+    """The disk is full: a file could not be written (it is not there; what was finished is kept)."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+NEARLY_FULL_BYTES = 1 << 20  # free space below which a failed write is put down to a full disk
+
+
+def no_space(path: Path, cause: BaseException | None = None) -> NoSpaceError:
+    """The error for a write to ``path`` that the disk had no room for."""
+    free = shutil.disk_usage(next(p for p in (Path(path), *Path(path).parents) if p.exists())).free
+    return NoSpaceError(f"{path}: no space left on the device ({free / 2**20:.1f} MiB free"
+                        f"{f'; {cause}' if cause else ''}); nothing half-written was kept. Free some space, "
+                        "then continue the run (azr resume)")
+
+
+def out_of_space(exc: BaseException, path: Path) -> bool:
+    """Whether a failed write to ``path`` failed for want of space. Libraries say so differently:
+    an OSError's errno, safetensors in its message, torch.save not at all ('unexpected pos'), so a
+    device left with (almost) no free space counts too."""
+    if isinstance(exc, OSError) and exc.errno in NO_SPACE or "No space left on device" in str(exc):
+        return True
+    return Path(path).exists() and shutil.disk_usage(path).free < NEARLY_FULL_BYTES
 
 
 @dataclass(frozen=True)
@@ -88,15 +118,19 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def _atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)``, fsync the result, rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Call ``write(tmp_path)``, fsync the result, rename it over ``path``; NoSpaceError when the disk is full."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write(tmp)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise no_space(path) from exc
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -244,3 +278,40 @@ def stage_complete(outputs: Iterable[Path], inputs: Iterable[Path], config_hash:
         if manifest.get("sha256") != file_sha256(out):
             return False
     return True
+
+
+def leftover_temporaries(root: Path) -> list[Path]:
+    """Temporary files and directories of writes that never finished (``.<name>.tmp``, ``.<name>.<pid>.tmp``)."""
+    return sorted(p for p in Path(root).rglob(".*.tmp") if ".prefect" not in p.parts)
+
+
+def damaged_files(root: Path) -> list[tuple[Path, str]]:
+    """(file, what is wrong) for every file under ``root`` with a manifest that no longer vouches for it."""
+    found = []
+    for manifest in sorted(Path(root).rglob("*.manifest.json")):
+        if ".prefect" in manifest.parts or manifest.name.startswith("."):
+            continue
+        path = manifest.with_name(manifest.name.removesuffix(".manifest.json"))
+        try:
+            expected = json.loads(manifest.read_text())["sha256"]
+        except (ValueError, KeyError, TypeError):
+            found.append((path, "its manifest is unreadable"))
+            continue
+        if path.exists() and file_sha256(path) != expected:
+            found.append((path, "its contents do not match its manifest (corrupt, truncated or changed after writing)"))
+    return found
+
+
+def discard_damaged(root: Path) -> list[str]:
+    """Make a run directory safe to continue: remove leftovers of unfinished writes, and the manifest of
+    every damaged file, so that the stage that wrote it runs again instead of passing it on.
+
+    Returns one line per damaged file, naming it (relative to ``root``).
+    """
+    for leftover in leftover_temporaries(root):
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+    lines = []
+    for path, problem in damaged_files(root):
+        manifest_path(path).unlink(missing_ok=True)
+        lines.append(f"{path.relative_to(root)}: {problem}")
+    return lines

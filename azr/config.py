@@ -316,6 +316,46 @@ class BufferConfig(Section):
     max_size: int = Field(5000, gt=0, description="Most tasks kept in the buffer (oldest seed tasks are kept first).", title="Buffer size limit")
 
 
+class DistributedConfig(Section):
+    nproc_per_node: int = Field(
+        1, gt=0,
+        description="Training processes (torchrun ranks) on each node, one per GPU. 1 with nnodes 1: the update runs "
+        "in the train stage's own process, without torchrun.",
+    )
+    nnodes: int = Field(
+        1, gt=0,
+        description="Machines that train together. Beyond 1, every other machine runs `azr train-node RUN_DIR` "
+        "(the run directory on shared storage) and joins each train stage at rdzv_endpoint.",
+    )
+    rdzv_endpoint: str = Field(
+        "127.0.0.1:29400",
+        description="host:port of the torchrun rendezvous when nnodes > 1: an address of the machine running the flow, "
+        "reachable from the others (a free port there). With nnodes 1 the ranks meet on a free loopback port instead.",
+    )
+    backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend. auto: nccl when CUDA is available, else gloo."
+    )
+    fsdp: bool = Field(
+        False,
+        description="Shard weights, gradients and optimizer state across the ranks with FSDP2 (fully_shard), for "
+        "models whose training state does not fit one device. Off: every rank holds the whole model and the "
+        "gradients are summed once after the micro-batches.",
+    )
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port")
+        return value
+
+    @property
+    def world_size(self) -> int:
+        """Ranks in all: 1 means the update runs in the stage's own process."""
+        return self.nproc_per_node * self.nnodes
+
+
 class TrainingConfig(Section):
     enabled: bool = Field(True, description="Run the policy update; off gives a self-play run without learning.", title="Train the policy")
     learning_rate: float = Field(1e-6, gt=0.0, description="AdamW learning rate.", title="Learning rate")
@@ -325,7 +365,18 @@ class TrainingConfig(Section):
     kl_coef: float = Field(0.0, ge=0.0, description="KL penalty to the initial model; 0 = off.", title="KL coefficient")
     max_grad_norm: float = Field(1.0, gt=0.0, description="Gradient clipping norm.", title="Max gradient norm")
     micro_batch_size: int = Field(4, gt=0, description="Samples per forward/backward; bounds training memory.", title="Micro-batch size")
-    keep_checkpoints: int = Field(2, ge=0, description="Older checkpoints kept besides the newest one.", title="Older checkpoints kept")
+    keep_checkpoints: int = Field(
+        2, ge=0,
+        description="Older checkpoints kept besides the newest one, as policies: weights in model.generation_dtype, "
+        "without the optimizer state (only the newest checkpoint keeps what resuming needs).",
+        title="Older checkpoints kept",
+    )
+    keep_policies: bool = Field(
+        False,
+        description="Keep every iteration's policy (overrides keep_checkpoints), e.g. to evaluate each iteration "
+        "later: weights in model.generation_dtype, no optimizer state (SmolLM2-135M in bfloat16: about 270 MB each).",
+        title="Keep every policy",
+    )
     warmup_steps: int = Field(0, ge=0, description="Iterations of linear learning-rate warmup (from 0); then constant.", title="Warmup iterations")
     precision: Literal["auto", "fp32", "bf16-mixed"] = Field(
         "fp32",
@@ -339,6 +390,9 @@ class TrainingConfig(Section):
         description="Weigh the roles equally in the loss: each role's loss is the mean over its own tokens, and the "
         "loss is the mean over roles (as the reference trains proposer and solver in equal numbers). Off: one mean "
         "over every token, so the n solver rollouts per task outweigh the proposals.", title="Balance roles in the loss",
+    )
+    distributed: DistributedConfig = Field(
+        default_factory=DistributedConfig, description="Training on several processes, GPUs or machines (torchrun)."
     )
 
 

@@ -31,9 +31,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 from transformers import get_constant_schedule_with_warmup
 
 from azr.config import TrainingConfig
+from azr.distributed import Ranks
 from azr.hf_compat import enable_activation_checkpointing
 
 SAMPLE_COLUMNS = ("role", "prompt_ids", "response_ids", "response_mask", "logprobs", "advantage")
@@ -138,27 +140,46 @@ def collate(samples: Sequence[Sample], weights: Sequence[float] | None = None) -
 
 
 def collate_shared(samples: Sequence[Sample], weights: Sequence[float] | None = None) -> dict[str, torch.Tensor]:
-    """Samples that share one prompt (a task's solver rollouts): the prompt once, the responses
-    right-padded after it. Response-level tensors are the first R positions of each response."""
+    """Samples that share one prompt (a task's solver rollouts), packed into one row: the prompt once,
+    then each response. A 4D attention mask lets each response see the prompt and itself (causally),
+    not the other responses, and its positions continue the prompt's, so each response token gets the
+    log-prob a whole pass gives. `positions` (n, R) is the row position whose output predicts each
+    response token; response-level tensors are the first R positions of each response."""
     prompt = samples[0].prompt_ids
     if any(s.prompt_ids != prompt for s in samples):
         raise ValueError("collate_shared needs samples with one and the same prompt")
     resp_len = max(len(s.response_ids) for s in samples)
-    n = len(samples)
+    n, prompt_len = len(samples), len(prompt)
+    seq_len = prompt_len + sum(len(s.response_ids) for s in samples)
+    attend = torch.zeros(seq_len, seq_len, dtype=torch.bool)
+    attend[:prompt_len, :prompt_len] = torch.ones(prompt_len, prompt_len, dtype=torch.bool).tril()
+    position_ids = torch.arange(seq_len)
+    positions = torch.zeros(n, resp_len, dtype=torch.long)
     response_ids = torch.zeros(n, resp_len, dtype=torch.long)
     old_logprobs = torch.zeros(n, resp_len)
     response_mask = torch.zeros(n, resp_len, dtype=torch.bool)
     token_weight = torch.zeros(n, resp_len)
     weights = weights if weights is not None else [1.0] * n
+    start = prompt_len
     for i, s in enumerate(samples):
         size = len(s.response_ids)
         if size:
+            block = slice(start, start + size)
+            attend[block, :prompt_len] = True
+            attend[block, block] = torch.ones(size, size, dtype=torch.bool).tril()
+            position_ids[block] = torch.arange(prompt_len, prompt_len + size)
+            # The prompt's last position predicts a response's first token, each response token the next.
+            positions[i, :size] = torch.tensor([prompt_len - 1, *range(start, start + size - 1)])
             response_ids[i, :size] = torch.tensor(s.response_ids)
             old_logprobs[i, :size] = torch.tensor(s.logprobs)
             response_mask[i, :size] = torch.tensor(s.trained())
             token_weight[i, :size] = weights[i]
+        start += size
     return {
-        "prompt_ids": torch.tensor([prompt]),
+        "input_ids": torch.tensor([prompt + [t for s in samples for t in s.response_ids]]),
+        "attention_mask": attend[None, None],  # (1, 1, L, L): True where a position may attend
+        "position_ids": position_ids[None],
+        "positions": positions,
         "response_ids": response_ids,
         "old_logprobs": old_logprobs,
         "response_mask": response_mask,
@@ -167,48 +188,60 @@ def collate_shared(samples: Sequence[Sample], weights: Sequence[float] | None = 
     }
 
 
-def _shared_prompt_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(n, R, vocab) logits of each response token for a `collate_shared` batch: the prompt goes through
-    the model once, its key/value cache is repeated for the n responses, and the gradient flows back
-    through it to the one prompt pass."""
-    prompt, responses = batch["prompt_ids"], batch["response_ids"]
-    (n, resp_len), prompt_len = responses.shape, prompt.shape[1]
-    out = model(input_ids=prompt, use_cache=True, logits_to_keep=1)
-    cache = out.cache
-    cache.batch_repeat_interleave(n)
-    rest = model(
-        input_ids=responses,
-        attention_mask=torch.ones(n, prompt_len + resp_len, dtype=torch.long, device=responses.device),
-        position_ids=torch.arange(prompt_len, prompt_len + resp_len, device=responses.device).expand(n, resp_len),
-        cache=cache,
-        use_cache=True,
-    ).logits
-    # The prompt's last logit predicts the first response token; a response's right padding comes last
-    # and no real token attends to it (causal attention), so it needs no mask.
-    return torch.cat([out.logits[:, -1:].expand(n, 1, -1), rest[:, :-1]], dim=1)
+# Config keys of models whose forward changes the output layer's logits (Gemma's soft-capping, Cohere's
+# and Granite's scaling): their log-probs come from the logits the model returns, not from its output
+# layer applied to the final hidden states.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+LOGPROB_CHUNK_ELEMENTS = 2**23  # logits (positions x vocabulary) computed at once: 32 MiB in float32
 
 
 def response_logprobs(model: torch.nn.Module, batch: dict[str, torch.Tensor],
                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Log-probability of each response token and the entropy of the distribution it came from, (B, R),
     under ``softmax(logits / temperature)``: the distribution generation sampled from. `batch` comes
-    from `collate` (each sample whole) or `collate_shared` (one prompt, several responses)."""
+    from `collate` (each sample whole) or `collate_shared` (one prompt, several responses).
+
+    The model returns its final hidden states (its own logits only for one position), and
+    `token_logprobs` turns the response positions' states into log-probs a chunk at a time, so the
+    full-vocabulary logits of every response position never exist at once.
+    """
+    plain = not any(getattr(model.config, key, None) for key in LOGIT_TRANSFORMS)
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                position_ids=batch["position_ids"], use_cache=False,
+                output_hidden_states=plain, logits_to_keep=1 if plain else 0)
+    states, head = (out.hidden_states[-1], model.get_output_embeddings()) if plain else (out.logits, torch.nn.Identity())
+    if "positions" in batch:  # collate_shared: one packed row
+        return token_logprobs(head, states[0, batch["positions"]], batch["response_ids"], temperature)
     resp_len = batch["response_mask"].shape[1]
-    if "prompt_ids" in batch:
-        logits = _shared_prompt_logits(model, batch).float()
-        targets = batch["response_ids"]
-    else:
-        logits = model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            position_ids=batch["position_ids"],
-            logits_to_keep=resp_len + 1,
-        ).logits[:, :-1].float()  # the logit at position p predicts the token at p + 1
-        targets = batch["input_ids"][:, -resp_len:]
-    log_probs = F.log_softmax(logits / temperature, dim=-1)
-    token_logprobs = log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    # The state at position p predicts the token at p + 1.
+    return token_logprobs(head, states[:, -resp_len - 1:-1], batch["input_ids"][:, -resp_len:], temperature)
+
+
+def token_logprobs(head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor,
+                   temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log_softmax(head(states) / temperature)`` at `targets` and the entropy of that distribution,
+    both shaped like `targets`, computed for a chunk of positions at a time. Each chunk's logits live
+    only while the chunk is computed: the backward pass recomputes them from the chunk's states
+    (activation checkpointing), so the memory is one chunk's logits, not every position's."""
+    flat_states, flat_targets = states.reshape(-1, states.shape[-1]), targets.reshape(-1)
+    vocab = getattr(head, "out_features", states.shape[-1])
+    size = max(1, LOGPROB_CHUNK_ELEMENTS // vocab)
+    parts = []
+    for chunk_states, chunk_targets in zip(flat_states.split(size), flat_targets.split(size)):
+        if torch.is_grad_enabled():
+            parts.append(checkpoint(_chunk_logprobs, head, chunk_states, chunk_targets, temperature,
+                                    use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(head, chunk_states, chunk_targets, temperature))
+    logprobs, entropy = (torch.cat(p).view(targets.shape) for p in zip(*parts))
+    return logprobs, entropy
+
+
+def _chunk_logprobs(head: torch.nn.Module, states: torch.Tensor, targets: torch.Tensor,
+                    temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    log_probs = F.log_softmax(head(states).float() / temperature, dim=-1)
     entropy = -(log_probs.exp() * log_probs).sum(-1)
-    return token_logprobs, entropy
+    return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), entropy
 
 
 def policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
@@ -270,7 +303,8 @@ def without_dropout(model: torch.nn.Module) -> None:
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                samples: Sequence[Sample], cfg: TrainingConfig, reference: torch.nn.Module | None = None,
-               use_recorded_logprobs: bool = True, temperature: float = 1.0) -> dict[str, float]:
+               use_recorded_logprobs: bool = True, temperature: float = 1.0,
+               ranks: Ranks | None = None) -> dict[str, float]:
     """One policy update over all `samples`; returns the metrics train.json reports.
 
     `reference` is the initial model for the KL term when `cfg.kl_coef > 0` (not needed for LoRA,
@@ -278,6 +312,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     (generation ran in another dtype, so its log-probs are not this model's), the PPO old log-probs
     are this forward pass's own, detached: the step is one update, so that is the policy that sampled.
     `temperature` is the one the samples were drawn (and their log-probs recorded) at.
+    With `ranks` (a torchrun rank), every rank passes the whole batch and trains on its share of it;
+    the token weights, gradients and metrics are the whole batch's (see azr/distributed.py).
     """
     total_tokens = sum(sum(s.trained()) for s in samples)
     if total_tokens == 0:
@@ -290,11 +326,12 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     precision = training_precision(cfg)
     without_dropout(model)
     optimizer.zero_grad(set_to_none=True)
-    share = not getattr(model, "is_activation_checkpointing", False)  # the prompt's cache needs use_cache
-    for chunk, shared in micro_batches(samples, cfg.micro_batch_size, share):
+    for chunk, shared in _rank_micro_batches(samples, cfg.micro_batch_size, ranks):
+        idle = not chunk  # under FSDP a rank out of samples still takes part in each pass, with no tokens
+        chunk = chunk or [0]
         make = collate_shared if shared else collate
         batch = {k: v.to(device) for k, v in make([samples[i] for i in chunk], [weights[i] for i in chunk]).items()}
-        mask = batch["response_mask"]
+        mask = batch["response_mask"] & (not idle)
         with autocast(precision, device):
             logprobs, entropy = response_logprobs(model, batch, temperature)
         old_logprobs = batch["old_logprobs"] if use_recorded_logprobs else logprobs.detach()
@@ -316,7 +353,12 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
         sums["clip_fraction"] += clipped[mask].sum().item()
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
+    if ranks is not None:
+        ranks.sum_gradients(params)  # once, after the micro-batches: the whole batch's gradient on every rank
+        sums = ranks.sum(sums)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+    if hasattr(grad_norm, "full_tensor"):  # FSDP: a DTensor
+        grad_norm = grad_norm.full_tensor()
     learning_rate = scheduler.get_last_lr()[0]  # the rate this step uses
     optimizer.step()
     scheduler.step()
@@ -330,6 +372,16 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     metrics.update(grad_norm=float(grad_norm), tokens=total_tokens, learning_rate=learning_rate,
                    bf16_mixed=float(precision == "bf16-mixed"))
     return metrics
+
+
+def _rank_micro_batches(samples: Sequence[Sample], size: int, ranks: Ranks | None) -> list[tuple[list[int], bool]]:
+    """`micro_batches` in one process; on torchrun ranks, this rank's share of the length-sorted samples
+    (each micro-batch batched whole: a shared prompt's rollouts may sit on different ranks)."""
+    if ranks is None:
+        return micro_batches(samples, size)
+    order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids),
+                   reverse=True)
+    return [(chunk, False) for chunk in ranks.micro_batches(order, size)]
 
 
 def micro_batches(samples: Sequence[Sample], size: int, share: bool = True) -> list[tuple[list[int], bool]]:

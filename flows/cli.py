@@ -1,6 +1,6 @@
 """The `azr` console script: library commands from `azr.cli` plus the run-level commands.
 
-run, resume, serve, runs, tasks. Prefect is imported inside the commands, after
+run, resume, serve, runs, tasks, train-node. Prefect is imported inside the commands, after
 `prepare_environment` has set PREFECT_HOME and the offline defaults (Prefect reads its settings
 at import).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 import time
 import traceback
 from contextlib import contextmanager
@@ -139,16 +138,55 @@ def _print_failure(run: RunDir, state: Any) -> None:
     err_console.print(f"continue it with: azr resume {run.root}", soft_wrap=True)
 
 
+class _WarningsToConsole(logging.Handler):
+    """azr's own warnings during `azr run` (a sandbox worker replaced, the tracking store not answering, a
+    damaged file found on resume), which the root logger would not show: Prefect's console handler is
+    kept quiet there. Printed through rich, so that they appear above the live progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        err_console.print(Text(f"{record.levelname.lower()}: {record.getMessage()}", style="yellow"), soft_wrap=True)
+
+
+def _show_warnings() -> None:
+    for name in ("azr", "stages"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, _WarningsToConsole) for h in logger.handlers):
+            logger.addHandler(_WarningsToConsole(logging.WARNING))
+
+
+def _print_stopped(run: RunDir, signum: int) -> None:
+    err_console.print(Text(f"run {run.name} stopped by {signal.Signals(signum).name}; every finished stage is kept",
+                           style="yellow"), soft_wrap=True)
+    err_console.print(f"continue it with: azr resume {run.root}", soft_wrap=True)
+
+
 def _execute(config: AZRConfig) -> None:
-    """Run (or continue) the training flow for ``config``'s run directory, with live progress."""
+    """Run (or continue) the training flow for ``config``'s run directory, with live progress.
+
+    SIGTERM (kill, a job scheduler) and SIGINT (Ctrl-C) stop the run in the stage it is in
+    (flows.signals): a stage writes its outputs whole or not at all, Prefect records the flow run as
+    crashed, MLflow as killed (flows.training), the sandbox and Prefect's server stop on the way
+    out, and `azr resume` continues from that stage.
+    """
+    from prefect.exceptions import TerminationSignal
+
+    from flows.prefect_env import detach_ephemeral_server
+    from flows.signals import received, stop_in_stages
     from flows.training import training_run
 
     run = RunDir(Path(config.orchestration.runs_dir) / str(config.orchestration.run_name))
     reaper.watch()  # Prefect's local server and the sandbox end with this process, even on SIGKILL
-    # SIGTERM (kill, a job scheduler) exits through Python, so Prefect's ephemeral server is stopped too.
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    with _progress(run, config.num_iterations):
-        state = training_run(config, return_state=True)
+    detach_ephemeral_server()
+    _show_warnings()
+    try:
+        with stop_in_stages(), _progress(run, config.num_iterations):
+            state = training_run(config, return_state=True)
+    except (KeyboardInterrupt, TerminationSignal, SystemExit):
+        signum = received()
+        if signum is None:
+            raise
+        _print_stopped(run, signum)
+        raise typer.Exit(128 + signum) from None
     if state.is_failed() or state.is_crashed():
         _print_failure(run, state)
         raise typer.Exit(1)
@@ -333,6 +371,26 @@ def serve_command(
     console.print(f"serving deployment azr-run/{name} on {api_url}; open the UI, pick the deployment, press Run")
     reaper.watch()  # the flow runs this process starts end with it, even on SIGKILL
     serve_deployment(cfg, name)
+
+
+@app.command("train-node")
+def train_node_command(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory, on storage this machine shares with the flow's.")],
+    launches: Annotated[Optional[int], typer.Option("--launches", min=1, help="Stop after this many train stages [default: never].")] = None,
+) -> None:
+    """Be one more training node of a run on several machines (training.distributed.nnodes > 1).
+
+    Start it on every machine but the one running the flow: it waits for each train stage of the
+    run, joins it at training.distributed.rdzv_endpoint with nproc_per_node ranks of its own, and
+    waits for the next. Stop it with Ctrl-C when the run is over.
+    """
+    from stages.train import serve_node
+
+    run = RunDir(run_dir.expanduser().resolve())
+    if not run.root.is_dir():
+        raise _fail(f"{run.root}: no such run directory (is the shared storage mounted here?)")
+    console.print(f"waiting for the train stages of {run.root}")
+    serve_node(run, launches=launches, log=console.print)
 
 
 if __name__ == "__main__":

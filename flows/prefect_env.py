@@ -23,6 +23,14 @@ OFFLINE_DEFAULTS = {
     "PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW": "ignore",
 }
 
+# A tracking server that does not answer costs a run seconds, not minutes, per tracking step (MLflow's
+# defaults retry for about four minutes); what a step misses is logged at the next (azr.tracking).
+TRACKING_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
 # Lines a normal run prints that say nothing about the run: the ephemeral server starting and
 # stopping, and MLflow creating its SQLite tables on first use.
 _NOISE_LOGGERS = ("mlflow.store.db.utils", "alembic.runtime.migration")
@@ -42,7 +50,7 @@ def prepare_environment(runs_dir: Path, *, api_url: str | None = None, quiet: bo
     bars off the console, where `azr run` shows its own progress and one traceback on failure.
     Prefect's lines still reach the Prefect API (and its UI).
     """
-    for key, value in OFFLINE_DEFAULTS.items():
+    for key, value in (OFFLINE_DEFAULTS | TRACKING_DEFAULTS).items():
         os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_HOME", str(prefect_home(runs_dir)))
     Path(os.environ["PREFECT_HOME"]).expanduser().mkdir(parents=True, exist_ok=True)
@@ -58,3 +66,40 @@ def prepare_environment(runs_dir: Path, *, api_url: str | None = None, quiet: bo
         transformers_logging.disable_progress_bar()
     for name in _NOISE_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def detach_ephemeral_server() -> None:
+    """Have Prefect's ephemeral API server, when one is used, start outside azr's process group.
+
+    Ctrl-C in a terminal sends SIGINT to the whole foreground process group: the server, a child of
+    azr, stopped at once, and azr then retried for minutes to record the interrupted run in it. In a
+    group of its own it stays up until azr has recorded the run as crashed and stops it at exit (Prefect
+    registers that with atexit); it also gets SIGTERM when azr dies (PR_SET_PDEATHSIG), so a
+    `kill -9` of azr leaves no server behind. Starts the server; call after `prepare_environment`,
+    from the main thread, before running a flow.
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return
+    import ctypes
+    import signal
+    import subprocess
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+
+    def die_with_parent() -> None:
+        prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+    class DetachedServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            popen = subprocess.Popen
+            subprocess.Popen = lambda *args, **kwargs: popen(*args, process_group=0, preexec_fn=die_with_parent, **kwargs)
+            try:
+                return super()._run_uvicorn_command()
+            finally:
+                subprocess.Popen = popen
+
+    # Prefect's SubprocessASGIServer() now returns this instance (one per port; None = any). Started here,
+    # from the main thread: the parent-death signal fires when the thread that started the child ends.
+    DetachedServer().start()

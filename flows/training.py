@@ -29,6 +29,7 @@ from azr.artifacts import RunDir
 from azr.config import AZRConfig, ConfigError, build_config, deep_merge
 from azr.runs import iteration_metrics
 from azr.sandbox import choose_backend
+from flows.signals import interruptible
 from stages.buffer import update_buffer
 from stages.evaluate import evaluate_iteration, should_evaluate
 from stages.propose import propose
@@ -60,49 +61,57 @@ STAGE_TASK = dict(cache_policy=NO_CACHE, persist_result=False, retry_condition_f
 
 
 @task(name="propose", **STAGE_TASK)
+@interruptible
 def propose_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return propose(config, run, iteration)
 
 
 @task(name="validate", **STAGE_TASK)
+@interruptible
 def validate_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return validate(config, run, iteration)
 
 
 @task(name="solve", **STAGE_TASK)
+@interruptible
 def solve_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return solve(config, run, iteration)
 
 
 @task(name="score", **STAGE_TASK)
+@interruptible
 def score_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return score(config, run, iteration)
 
 
 @task(name="train", **STAGE_TASK)
+@interruptible
 def train_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return train(config, run, iteration)
 
 
 @task(name="update-buffer", **STAGE_TASK)
+@interruptible
 def buffer_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return update_buffer(config, run, iteration)
 
 
 @task(name="evaluate", **STAGE_TASK)
+@interruptible
 def evaluate_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return evaluate_iteration(config, run, iteration)
 
 
 @task(name="log-iteration", **STAGE_TASK)
+@interruptible
 def log_iteration_task(config: AZRConfig, run: RunDir, iteration: int) -> dict[str, float]:
     return tracking.log_iteration(config, run, iteration)
 
 
-setup_task = task(setup_run, name="setup", **STAGE_TASK)
-start_tracking_task = task(tracking.start_run, name="start-tracking", **STAGE_TASK)
-end_tracking_task = task(tracking.end_run, name="end-tracking", **STAGE_TASK)
-log_base_evaluation_task = task(tracking.log_base_evaluation, name="log-base-evaluation", **STAGE_TASK)
+setup_task = task(interruptible(setup_run), name="setup", **STAGE_TASK)
+start_tracking_task = task(interruptible(tracking.start_run), name="start-tracking", **STAGE_TASK)
+end_tracking_task = task(interruptible(tracking.end_run), name="end-tracking", **STAGE_TASK)
+log_base_evaluation_task = task(interruptible(tracking.log_base_evaluation), name="log-base-evaluation", **STAGE_TASK)
 
 ITERATION_TASKS = (propose_task, validate_task, solve_task, score_task, train_task, buffer_task, evaluate_task,
                    log_iteration_task)
@@ -298,5 +307,8 @@ def training_run(config: AZRConfig = AZRConfig()) -> str | State:
     except Exception as exc:
         end_tracking_task(config, run, "FAILED")
         return failed(exc)
+    except BaseException:  # SIGTERM or Ctrl-C (Prefect's TerminationSignal, KeyboardInterrupt, SystemExit)
+        tracking.end_run(config, run, "KILLED")  # not as a task: the flow run is being torn down
+        raise
     end_tracking_task(config, run, "FINISHED")
     return str(run.root)

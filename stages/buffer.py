@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import pandas as pd
 
 from azr import schemas
 from azr.artifacts import RunDir, read_table, stage_complete, write_table

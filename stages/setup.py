@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from azr import schemas
-from azr.artifacts import RunDir, stage_complete, write_table
+from azr.artifacts import RunDir, discard_damaged, stage_complete, write_table
 from azr.buffer import BUFFER_COLUMNS, seed_programs
+from azr.checkpoint import discard_damaged_checkpoints
 from azr.config import AZRConfig, ConfigError, dump_config, load_config
 from azr.sandbox import open_sandbox
+
+log = logging.getLogger(__name__)
 
 
 def setup_run(config: AZRConfig, runs_dir: str | Path) -> RunDir:
     """Write ``config.yaml`` once and the seed buffer; reopening a run with the same config is a no-op.
 
     A run directory that already holds a different config is refused: resume it with its own
-    config (``azr resume``) or choose another run name.
+    config (``azr resume``) or choose another run name. Reopening one checks every finished file and
+    checkpoint against its manifest: a damaged one is named and its stage runs again.
     """
     name = config.orchestration.run_name or time.strftime("azr-%Y%m%d-%H%M%S")
     run_dir = RunDir(Path(runs_dir).expanduser() / name)
@@ -30,6 +35,8 @@ def setup_run(config: AZRConfig, runs_dir: str | Path) -> RunDir:
                 f"{run_dir.root} already holds a run with a different config; "
                 f"use `azr resume {run_dir.root}` or another run name"
             )
+        for line in discard_damaged(run_dir.root) + discard_damaged_checkpoints(run_dir):
+            log.warning("%s; the stage that wrote it runs again", line)
     else:
         config = config.model_copy(update={"orchestration": config.orchestration.model_copy(update={"run_name": name})})
         run_dir.config_path.write_text(dump_config(config))

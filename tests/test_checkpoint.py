@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from peft import PeftModel
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from azr import rl
@@ -118,21 +119,55 @@ def test_an_unfinished_checkpoint_is_not_found(tmp_path):
 def test_prune_keeps_the_newest_and_the_last_k_and_their_metadata(tmp_path):
     run_dir = RunDir(tmp_path / "run")
     make_checkpoints(run_dir, [1, 2, 3, 4, 5])
-    pruned = prune_checkpoints(run_dir, keep=2, newest=4)
+    pruned = prune_checkpoints(run_dir, keep=2, newest=4, policy_dtype=torch.bfloat16)
     assert pruned == [run_dir.checkpoint_dir(1)]
-    assert prune_checkpoints(run_dir, keep=2, newest=4) == []  # already done
-    for i in (2, 3, 4, 5):  # the last two before 4, 4 itself, and anything newer are kept whole
-        read_meta(run_dir.checkpoint_dir(i))
+    assert prune_checkpoints(run_dir, keep=2, newest=4, policy_dtype=torch.bfloat16) == []  # already done
+    for i in (2, 3):  # the last two before 4 are kept as policies
+        assert read_meta(run_dir.checkpoint_dir(i))["dtype"] == "bfloat16"
+        load_policy(TINY, run_dir.checkpoint_dir(i))
+    for i in (4, 5):  # 4 itself, and anything newer, are kept whole
+        assert "dtype" not in read_meta(run_dir.checkpoint_dir(i), training=True)
     with pytest.raises(ArtifactError, match="pruned"):
         load_policy(TINY, run_dir.checkpoint_dir(1))
     assert sorted(p.name for p in run_dir.checkpoint_dir(1).iterdir()) == [
         "checkpoint.json", "checkpoint.json.manifest.json"]
 
-    prune_checkpoints(run_dir, keep=0, newest=5)
+    prune_checkpoints(run_dir, keep=0, newest=5, policy_dtype=torch.bfloat16)
     assert latest_checkpoint(run_dir, before_iteration=6) == run_dir.checkpoint_dir(5)
     load_policy(TINY, run_dir.checkpoint_dir(5))
     with pytest.raises(ArtifactError, match="pruned"):
         read_meta(run_dir.checkpoint_dir(4))
+
+
+def test_a_kept_policy_is_the_weights_in_the_generation_dtype_without_training_state(tmp_path):
+    run_dir = RunDir(tmp_path / "run")
+    make_checkpoints(run_dir, [1, 2])
+    whole = run_dir.checkpoint_dir(1)
+    meta_before = meta_path(whole).read_bytes()
+    trained_weights = load_policy(TINY, whole, trainable=True)[0].state_dict()
+    size_before = sum(p.stat().st_size for p in whole.iterdir())
+
+    assert prune_checkpoints(run_dir, keep=None, newest=2, policy_dtype=torch.bfloat16) == []
+    assert not {p.name for p in whole.iterdir()} & {"optimizer.pt", "scheduler.pt", "rng.pt"}
+    assert meta_path(whole).read_bytes() == meta_before  # the stages that read it stay complete
+    with safe_open(whole / "model.safetensors", "pt") as weights:
+        assert {weights.get_tensor(key).dtype for key in weights.keys()} == {torch.bfloat16}
+    assert sum(p.stat().st_size for p in whole.iterdir()) < size_before / 4
+    policy, _ = load_policy(ModelConfig(name_or_path="tiny-random", generation_dtype="bfloat16"), whole)
+    for key, value in policy.state_dict().items():
+        assert torch.equal(value, trained_weights[key].to(torch.bfloat16)), key
+    model, _ = load_policy(TINY, whole, trainable=True)
+    optimizer, scheduler = rl.build_optimizer(model, TrainingConfig())
+    with pytest.raises(ArtifactError, match="only the policy was kept"):
+        load_training_state(whole, optimizer, scheduler)
+    load_training_state(run_dir.checkpoint_dir(2), optimizer, scheduler)  # the newest still resumes
+
+    # Interrupted before policy.json: a later prune finishes the job.
+    (whole / "policy.json").unlink()
+    with pytest.raises(ArtifactError, match="pruned or is incomplete"):
+        read_meta(whole)
+    prune_checkpoints(run_dir, keep=None, newest=2, policy_dtype=torch.bfloat16)
+    assert read_meta(whole)["dtype"] == "bfloat16"
 
 
 def test_generation_runs_in_generation_dtype_and_training_in_dtype():

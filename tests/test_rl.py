@@ -108,6 +108,87 @@ def test_micro_batches_accumulate_to_the_whole_batch_gradient():
         torch.testing.assert_close(w1[key], w4[key], rtol=1e-4, atol=1e-6)
 
 
+def full_vocabulary_logprobs(model, batch, temperature=1.0):
+    """What the log-probs were before chunking: log_softmax over the model's own logits at every response position."""
+    resp_len = batch["response_mask"].shape[1]
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=batch["position_ids"]).logits[:, -resp_len - 1:-1].float()
+    log_probs = torch.log_softmax(logits / temperature, dim=-1)
+    targets = batch["input_ids"][:, -resp_len:]
+    return log_probs.gather(-1, targets.unsqueeze(-1)).squeeze(-1), -(log_probs.exp() * log_probs).sum(-1)
+
+
+def logprobs_and_gradients(compute, model, batch, temperature):
+    model = copy.deepcopy(model)
+    logprobs, entropy = compute(model, batch, temperature)
+    mask = batch["response_mask"]
+    (logprobs * torch.linspace(-1, 1, mask.numel()).view_as(mask) + 0.1 * entropy)[mask].sum().backward()
+    return logprobs.detach(), entropy.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_chunked_logprobs_equal_a_full_vocabulary_log_softmax_and_so_do_their_gradients(monkeypatch):
+    model, tokenizer = tiny_model()
+    vocab = model.get_output_embeddings().out_features
+    monkeypatch.setattr(rl, "LOGPROB_CHUNK_ELEMENTS", 3 * vocab)  # 3 positions per chunk: many chunks
+    batch = rl.collate(make_samples(model, tokenizer, [1.0, -1.0, 0.5]))
+    chunked = logprobs_and_gradients(rl.response_logprobs, model, batch, 0.7)
+    full = logprobs_and_gradients(full_vocabulary_logprobs, model, batch, 0.7)
+    mask = batch["response_mask"]
+    torch.testing.assert_close(chunked[0][mask], full[0][mask], rtol=0, atol=1e-5)
+    torch.testing.assert_close(chunked[1][mask], full[1][mask], rtol=0, atol=1e-5)
+    for name, grad in full[2].items():
+        torch.testing.assert_close(chunked[2][name], grad, rtol=1e-4, atol=1e-5)  # float32 summation order
+
+
+def test_the_backward_pass_keeps_no_full_vocabulary_logits_of_every_response_position(monkeypatch):
+    """Memory: what autograd keeps for the log-probs is hidden states, plus one chunk's logits at a time
+    (recomputed in the backward pass), never (positions x vocabulary) logits or log-probs."""
+    model, tokenizer = tiny_model()
+    vocab = model.get_output_embeddings().out_features
+    monkeypatch.setattr(rl, "LOGPROB_CHUNK_ELEMENTS", 4 * vocab)
+    batch = rl.collate(make_samples(model, tokenizer, [1.0, -1.0, 0.5, -0.5]))
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    kept = []
+
+    def pack(tensor):
+        if tensor.shape and tensor.shape[-1] == vocab and tensor.untyped_storage().data_ptr() not in params:
+            kept.append(tensor.numel())
+        return tensor
+
+    rl.without_dropout(model)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        logprobs, entropy = rl.response_logprobs(model, batch)
+    positions = batch["response_mask"].numel()
+    assert positions > 4 * 4
+    assert max(kept, default=0) <= 4 * vocab  # one chunk at most
+    (logprobs.sum() + entropy.sum()).backward()  # and the backward pass still has what it needs
+    assert model.get_output_embeddings().weight.grad.abs().sum() > 0
+
+
+def test_models_that_transform_their_logits_get_log_probs_from_those_logits():
+    """Gemma 2 soft-caps its logits after the output layer: the hidden-state path would miss that."""
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    config = Gemma2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=2, num_key_value_heads=1, head_dim=32, final_logit_softcapping=2.0)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = Gemma2ForCausalLM(config).eval()
+    generator = torch.Generator().manual_seed(0)
+    samples = [rl.Sample(torch.randint(3, 300, (7 + i,), generator=generator).tolist(),
+                         torch.randint(3, 300, (5 + i,), generator=generator).tolist(), [0.0] * (5 + i), 1.0)
+               for i in range(2)]
+    batch = rl.collate(samples)
+    with torch.no_grad():
+        ours, theirs = rl.response_logprobs(model, batch), full_vocabulary_logprobs(model, batch)
+        mask = batch["response_mask"]
+        torch.testing.assert_close(ours[0][mask], theirs[0][mask], rtol=0, atol=1e-5)
+        head = model.get_output_embeddings()
+        hidden = model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        uncapped = rl.token_logprobs(head, hidden[:, -mask.shape[1] - 1:-1], batch["input_ids"][:, -mask.shape[1]:])
+        assert not torch.allclose(uncapped[0][mask], theirs[0][mask], atol=1e-3)  # the check is not vacuous
+
+
 def test_loss_is_the_per_token_mean_and_clip_fraction_counts_clipped_tokens():
     model, tokenizer = tiny_model()
     samples = make_samples(model, tokenizer, [1.0, 1.0])
@@ -268,7 +349,7 @@ def test_roles_weigh_equally_in_the_loss():
     assert abs(balanced - plain) > 0.05
 
 
-def test_rollouts_that_share_a_prompt_give_the_same_update_with_the_prompt_computed_once():
+def test_rollouts_that_share_a_prompt_give_the_same_update_with_the_prompt_computed_once(monkeypatch):
     model, tokenizer = tiny_model()
     prompt = tokenizer(PROMPTS[0], add_special_tokens=False).input_ids
     drafts = [rl.Sample(prompt, tokenizer(r, add_special_tokens=False).input_ids, [], a, None, "solve")
@@ -282,17 +363,26 @@ def test_rollouts_that_share_a_prompt_give_the_same_update_with_the_prompt_compu
         for i, s in enumerate(samples):
             whole = rl.response_logprobs(model, rl.collate([s]))[0][0]
             torch.testing.assert_close(shared[i, :len(s.response_ids)], whole, atol=1e-5, rtol=0)
-    def gradients(model, checkpointing):
+    batches = rl.micro_batches
+
+    def gradients(model, checkpointing, share=True):
         cfg = TrainingConfig(learning_rate=1e-3, micro_batch_size=4)
         optimizer, scheduler = rl.build_optimizer(model, cfg)
         if checkpointing:
-            rl.enable_gradient_checkpointing(model)  # the path without prompt sharing
+            rl.enable_gradient_checkpointing(model)
         seen = {}
         optimizer.step = lambda: seen.update({n: p.grad.clone() for n, p in model.named_parameters()})
-        return rl.train_step(model, optimizer, scheduler, samples, cfg), seen
+        monkeypatch.setattr(rl, "micro_batches", lambda samples, size: batches(samples, size, share))
+        return rl.train_step(model, optimizer, scheduler, samples, cfg), seen  # share=False: each sample whole
 
-    metrics_shared, shared_grads = gradients(copy.deepcopy(model), False)
-    metrics_whole, whole_grads = gradients(copy.deepcopy(model), True)
-    assert metrics_shared["loss"] == pytest.approx(metrics_whole["loss"], abs=1e-6)
-    for name, grad in whole_grads.items():
-        torch.testing.assert_close(shared_grads[name], grad, atol=1e-6, rtol=1e-4)
+    metrics_whole, whole_grads = gradients(copy.deepcopy(model), False, share=False)
+    packed = rl.collate_shared
+    # The shared pass, with and without activation checkpointing (the packed row needs no cache).
+    for checkpointing in (False, True):
+        calls = []
+        monkeypatch.setattr(rl, "collate_shared", lambda *args: calls.append(1) or packed(*args))
+        metrics_shared, shared_grads = gradients(copy.deepcopy(model), checkpointing)
+        assert calls == [1]  # the four rollouts went through the model as one row, the prompt once
+        assert metrics_shared["loss"] == pytest.approx(metrics_whole["loss"], abs=1e-6)
+        for name, grad in whole_grads.items():
+            torch.testing.assert_close(shared_grads[name], grad, atol=1e-6, rtol=1e-4)

@@ -516,32 +516,7 @@ def test_runner_answers_garbage_lines_and_keeps_serving():
     assert "request is not JSON" in answers[1]["error"] and answers[3]["correct"] is True
 
 
-# ------------------------------------------------------------------ workers that die or hang
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_dead_worker_is_replaced_and_its_jobs_say_so(backend):
-    with open_backend(backend, pool_size=1, timeout_seconds=20.0, cpu_seconds=20) as box:
-        slot = box._slots[0]
-        killer = threading.Timer(1.0, kill_worker, args=(slot.worker,))
-        killer.start()
-        results = box.validate([("import time\ndef f(x):\n    time.sleep(5)\n    return x", ["1"])] * 3, banned_modules=[])
-        killer.join()
-        assert [r.status for r in results] == ["killed"] * 3
-        assert all("died" in r.error for r in results)
-        assert box.replaced == 1
-        assert_serving(box)
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_hung_worker_is_replaced(backend, monkeypatch):
-    monkeypatch.setattr(client_module, "HANG_GRACE_SECONDS", 1.0)
-    with open_backend(backend, pool_size=1, timeout_seconds=1.0, cpu_seconds=1) as box:
-        freeze_worker(box._slots[0].worker)
-        result = validate_one(box, "def f(x):\n    return x", ["1"])
-        assert result.status == "killed" and "hung" in result.error
-        assert box.replaced == 1
-        assert_serving(box)
+# ------------------------------------------------------------------ workers that idle (faults: test_faults_sandbox.py)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -558,20 +533,6 @@ def test_an_idle_worker_is_not_taken_for_a_hung_one(backend, monkeypatch):
         results = box.validate(items)
         assert [(r.status, r.outputs) for r in results] == [("ok", ["1"])] * window + [("ok", ["2"])]
         assert box.replaced == 0
-
-
-def kill_worker(worker) -> None:
-    if hasattr(worker, "process"):
-        worker.process.kill()
-    else:
-        worker.client.api.kill(worker.container)
-
-
-def freeze_worker(worker) -> None:
-    if hasattr(worker, "process"):
-        os.kill(worker.process.pid, 19)  # SIGSTOP: alive but silent
-    else:
-        worker.client.api.pause(worker.container)
 
 
 def test_auto_backend_says_which_it_picked(caplog):

@@ -13,7 +13,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from azr.artifacts import ArtifactError, RunDir, write_table
+from azr import rl
+from azr.artifacts import ArtifactError, RunDir, read_table, write_table
 from azr.checkpoint import latest_checkpoint, load_policy, read_meta
 from azr.config import AZRConfig, ModelConfig, dump_config
 from stages.train import train
@@ -85,23 +86,50 @@ def test_lora_resume_reproduces_the_uninterrupted_iteration(tmp_path):
     config.model.lora.enabled = True
     for iteration in (1, 2):
         write_rewards(run_dir, iteration)
+        if iteration == 2:  # the run as a crash after iteration 1 leaves it
+            shutil.copytree(run_dir.root, tmp_path / "crashed")
         train(config, run_dir, iteration)
     assert read_meta(run_dir.checkpoint_dir(2))["lora"] is True
     uninterrupted = weights_sha(run_dir.checkpoint_dir(2))
     metrics = json.loads(run_dir.stage_file(2, "train.json").read_text())
 
-    # A crash after iteration 1: iteration 2's outputs are gone, a new call resumes from checkpoint 1.
-    shutil.rmtree(run_dir.checkpoint_dir(2))
-    run_dir.stage_file(2, "train.json").unlink()
-    train(config, run_dir, 2)
-    assert weights_sha(run_dir.checkpoint_dir(2)) == uninterrupted
-    assert json.loads(run_dir.stage_file(2, "train.json").read_text())["loss"] == metrics["loss"]
+    # A new call on the crashed run resumes from checkpoint 1.
+    crashed = RunDir(tmp_path / "crashed")
+    train(config, crashed, 2)
+    assert weights_sha(crashed.checkpoint_dir(2)) == uninterrupted
+    assert json.loads(crashed.stage_file(2, "train.json").read_text())["loss"] == metrics["loss"]
 
     # A different seed stream would give different weights: the equality above is not vacuous.
     config.seed = 1
     for iteration in (1, 2):
         train(config, run_dir, iteration)
     assert weights_sha(run_dir.checkpoint_dir(2)) != uninterrupted
+
+
+def test_every_policy_kept_costs_little_and_the_newest_checkpoint_resumes_exactly(tmp_path):
+    """keep_policies: older iterations keep bfloat16 weights only; the newest keeps float32 weights and
+    the optimizer state, so three iterations through checkpoints equal three updates in memory."""
+    run_dir, config = RunDir(tmp_path / "run"), smoke_config(keep_policies=True, keep_checkpoints=0)
+    config.model.generation_dtype = "bfloat16"
+    for iteration in (1, 2, 3):
+        write_rewards(run_dir, iteration, advantages=(1.0, -1.0, 0.5, -0.5 * iteration, 0.25))
+        train(config, run_dir, iteration)
+
+    sizes = {i: sum(p.stat().st_size for p in run_dir.checkpoint_dir(i).iterdir()) for i in (1, 2, 3)}
+    for i in (1, 2):
+        assert read_meta(run_dir.checkpoint_dir(i))["dtype"] == "bfloat16"
+        assert not (run_dir.checkpoint_dir(i) / "optimizer.pt").exists()
+        assert sizes[i] < sizes[3] / 4
+        load_policy(config.model, run_dir.checkpoint_dir(i))  # an old iteration can still be evaluated
+
+    model, _ = load_policy(config.model, trainable=True)  # the same three updates, never leaving memory
+    optimizer, scheduler = rl.build_optimizer(model, config.training)
+    for iteration in (1, 2, 3):
+        samples = rl.samples_from_frame(read_table(run_dir.stage_file(iteration, "rewards.parquet")))
+        rl.train_step(model, optimizer, scheduler, samples, config.training, use_recorded_logprobs=False)
+    resumed, _ = load_policy(config.model, run_dir.checkpoint_dir(3), trainable=True)
+    for key, value in model.state_dict().items():
+        assert value.dtype == torch.float32 and torch.equal(resumed.state_dict()[key], value), key
 
 
 def test_gradient_checkpointing_gives_the_same_update(tmp_path):

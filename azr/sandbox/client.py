@@ -1,8 +1,11 @@
 """The `Sandbox`: a pool of runner workers (containers or local processes) fed in batches.
 
 Jobs stream to every worker over its stdin, answers stream back in completion order, so one slow
-program never holds up the others. A worker that dies or stops answering is killed and replaced;
-the jobs it held come back with status ``killed`` and the pool goes on serving.
+program never holds up the others. A worker that dies or stops answering is killed and replaced,
+and the pool goes on serving. The jobs it held are run again, each by itself on a worker with
+nothing else to do (first the fresh replacement): a worker can die of something that is no
+program's doing (`docker kill`, a daemon restart, the OOM killer), so only a job that kills or
+hangs the worker it runs on alone gets status ``killed``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ RUNNER_PATH = Path(__file__).with_name("runner.py")
 RUNNER_ENV = {"LD_BIND_NOW": "1"}
 START_SECONDS = 60.0  # a worker must say hello within this (a container start on a busy daemon is slow)
 HANG_GRACE_SECONDS = 10.0  # silence beyond the per-program limit that marks a worker as hung
+RESTART_SECONDS = 60.0  # how long a replacement worker may keep failing to start (a Docker daemon restarting)
 JOBS_PER_SLOT = 8  # jobs queued at a worker per slot: keeps its children busy while answers travel
 SANDBOX_UIDS = range(100_000, 1_100_000)  # unprivileged uids with no account; see sandbox_uid
 
@@ -130,9 +134,30 @@ class _Slot:
         self.inbuf = bytearray(hello.pop("pending", b""))
         self.outbuf = bytearray()
         self.outstanding: dict[int, int] = {}  # job id -> index in the current batch
+        self.alone = False  # it runs one job lost with another worker, and nothing else (Sandbox._feed)
         self.last_heard = time.monotonic()
         os.set_blocking(worker.read_fd, False)
         os.set_blocking(worker.write_fd, False)
+
+
+@dataclass
+class _Batch:
+    """One `Sandbox.run` call: the jobs, their answers so far, and what is left to send."""
+
+    jobs: list[dict[str, Any]]
+    results: list[dict[str, Any] | None]
+    lines: list[bytes | None]
+    pending: deque[int]  # job indices not sent yet, in order
+    lost: deque[int] = field(default_factory=deque)  # jobs lost with their worker: each runs again alone
+
+    @classmethod
+    def of(cls, jobs: list[dict[str, Any]]) -> "_Batch":
+        return cls(jobs, [None] * len(jobs), [None] * len(jobs), deque(range(len(jobs))))
+
+    def line(self, index: int, job_id: int) -> bytes:
+        """The job's protocol line under a fresh id (each send gets its own, so a late answer cannot be taken for another's)."""
+        self.lines[index] = self.lines[index] or json.dumps(self.jobs[index]).encode()
+        return b'{"id": %d, ' % job_id + self.lines[index][1:] + b"\n"
 
 
 class Sandbox:
@@ -191,25 +216,36 @@ class Sandbox:
         """Run runner jobs (see runner.JOB_FIELDS) across the pool; one answer dict per job, in order."""
         if not self._slots:
             raise SandboxError("sandbox is closed")
-        results: list[dict[str, Any] | None] = [None] * len(jobs)
-        lines = [None] * len(jobs)
-        pending = deque(range(len(jobs)))
-        window = self.config.worker_slots * JOBS_PER_SLOT
+        batch = _Batch.of(jobs)
         # A job the runner reruns alone (runner.py, Server.start_children) may wait out its neighbours' limit first.
         hang_after = 2 * self.config.timeout_seconds + HANG_GRACE_SECONDS
-        while pending or any(slot.outstanding for slot in self._slots):
+        while batch.pending or batch.lost or any(slot.outstanding for slot in self._slots):
             for slot in self._slots:
-                if pending and not slot.outstanding:
-                    slot.last_heard = time.monotonic()  # silence while it had nothing to do is not a hang
-                while pending and len(slot.outstanding) < window:
-                    index = pending.popleft()
-                    job_id = next(self._ids)
-                    lines[index] = lines[index] or json.dumps(jobs[index]).encode()
-                    slot.outbuf += b'{"id": %d, ' % job_id + lines[index][1:] + b"\n"
-                    slot.outstanding[job_id] = index
+                self._feed(slot, batch)
                 self._flush(slot)
-            self._wait(results, hang_after)
-        return results  # type: ignore[return-value]
+            self._wait(batch, hang_after)
+        return batch.results  # type: ignore[return-value]
+
+    def _feed(self, slot: _Slot, batch: _Batch) -> None:
+        """Queue jobs at a worker: a lost job by itself when the worker is idle, else regular jobs up to its window."""
+        if not slot.outstanding:
+            slot.alone = False
+            if batch.pending or batch.lost:
+                slot.last_heard = time.monotonic()  # silence while it had nothing to do is not a hang
+            if batch.lost:
+                self._send(slot, batch, batch.lost.popleft())
+                slot.alone = True
+                return
+        if slot.alone:
+            return
+        window = self.config.worker_slots * JOBS_PER_SLOT
+        while batch.pending and len(slot.outstanding) < window:
+            self._send(slot, batch, batch.pending.popleft())
+
+    def _send(self, slot: _Slot, batch: _Batch, index: int) -> None:
+        job_id = next(self._ids)
+        slot.outbuf += batch.line(index, job_id)
+        slot.outstanding[job_id] = index
 
     def _flush(self, slot: _Slot) -> None:
         while slot.outbuf:
@@ -221,7 +257,7 @@ class Sandbox:
                 return  # a dead worker: its read side reports EOF next
             del slot.outbuf[:written]
 
-    def _wait(self, results: list[dict[str, Any] | None], hang_after: float) -> None:
+    def _wait(self, batch: _Batch, hang_after: float) -> None:
         selector = selectors.DefaultSelector()
         try:
             for slot in self._slots:
@@ -233,15 +269,15 @@ class Sandbox:
                     selector.register(slot.worker.write_fd, selectors.EVENT_WRITE, slot)
             for key, mask in selector.select(timeout=1.0):
                 if mask & selectors.EVENT_READ:
-                    self._receive(key.data, results)
+                    self._receive(key.data, batch)
         finally:
             selector.close()
         now = time.monotonic()
         for slot in list(self._slots):
             if slot.outstanding and now - slot.last_heard > hang_after:
-                self._replace(slot, results, f"no answer for {now - slot.last_heard:.0f} s (hung)")
+                self._replace(slot, batch, f"gave no answer for {now - slot.last_heard:.0f} s (hung)")
 
-    def _receive(self, slot: _Slot, results: list[dict[str, Any] | None]) -> None:
+    def _receive(self, slot: _Slot, batch: _Batch) -> None:
         if slot not in self._slots:
             return
         try:
@@ -251,13 +287,13 @@ class Sandbox:
         except OSError:
             data = b""  # a reset connection is a dead worker too
         if not data:
-            self._replace(slot, results, f"died: {slot.worker.describe_death()}")
+            self._replace(slot, batch, f"died ({slot.worker.describe_death()})")
             return
         slot.last_heard = time.monotonic()
         slot.inbuf += slot.worker.decode(data)
         start = 0
         while (end := slot.inbuf.find(b"\n", start)) >= 0:
-            self._answer(slot, json.loads(slot.inbuf[start:end]), results)
+            self._answer(slot, json.loads(slot.inbuf[start:end]), batch.results)
             start = end + 1
         del slot.inbuf[:start]
 
@@ -267,14 +303,42 @@ class Sandbox:
             raise SandboxError(f"{slot.worker.name}: answer for a job it was not given: {message}")
         results[slot.outstanding.pop(job_id)] = message
 
-    def _replace(self, slot: _Slot, results: list[dict[str, Any] | None], reason: str) -> None:
-        """Kill a dead or hung worker, fail the jobs it held, start a fresh one in its place."""
-        log.warning("sandbox %s %s; replacing it (%d jobs lost)", slot.worker.name, reason, len(slot.outstanding))
+    def _replace(self, slot: _Slot, batch: _Batch, reason: str) -> None:
+        """Kill a dead or hung worker and start a fresh one in its place; run the jobs it held again.
+
+        A worker can die or hang of something that is no program's doing (`docker kill`, a daemon
+        restart, the OOM killer taking the runner), so the jobs it held go back to the batch, each
+        to run by itself (`_feed`). A job that was already running alone did it: it gets ``killed``.
+        """
+        held = list(slot.outstanding.values())
         slot.worker.kill()
-        for index in slot.outstanding.values():
-            results[index] = {"status": "killed", "error": f"sandbox worker {reason}", "seconds": 0.0}
-        self._slots[self._slots.index(slot)] = self._start_worker()
+        if slot.alone:
+            log.warning("sandbox %s %s while running one program alone; that program is killed", slot.worker.name, reason)
+            for index in held:
+                batch.results[index] = {"status": "killed", "error": f"the sandbox worker running this program alone {reason}", "seconds": 0.0}
+        else:
+            log.warning("sandbox %s %s; replacing it and running its %d programs again, each alone", slot.worker.name, reason, len(held))
+            batch.lost.extend(held)
+        self._slots[self._slots.index(slot)] = self._start_replacement(slot.worker.name)
         self.replaced += 1
+        now = time.monotonic()
+        for other in self._slots:  # not listened to while the replacement started: their silence is ours
+            other.last_heard = now
+
+    def _start_replacement(self, name: str) -> _Slot:
+        """A fresh worker. Starting may fail for a while (a Docker daemon restarting): keep trying for RESTART_SECONDS."""
+        deadline, delay = time.monotonic() + RESTART_SECONDS, 0.5
+        while True:
+            try:
+                return self._start_worker()
+            except (SandboxError, OSError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise SandboxError(
+                        f"cannot start a sandbox worker in place of {name} (tried for {RESTART_SECONDS:.0f} s): {exc}"
+                    ) from exc
+                log.warning("sandbox: starting a worker in place of %s failed (%s); trying again in %.1f s", name, exc, delay)
+                time.sleep(delay)
+                delay = min(2 * delay, 5.0)
 
     # -------------------------------------------------------------- operations
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
+import secrets
 import shutil
 import socket
 import struct
@@ -31,7 +33,10 @@ from typing import Any
 
 from azr.config import ExecutorConfig
 from azr.reaper import owner_labels
+from azr.sandbox import client as pool_module
 from azr.sandbox.client import RUNNER_ENV, RUNNER_PATH, START_SECONDS, SandboxError, read_hello, sandbox_uid
+
+log = logging.getLogger(__name__)
 
 SANDBOX_UID = 10001  # the USER of containers/executor/Dockerfile; the pool runs each container as its own uid
 RUNNER_LABEL = "azr.runner.sha256"
@@ -65,6 +70,20 @@ def docker_client(timeout: float = 10.0) -> Any:
         return client
     except Exception as exc:  # the SDK raises many types for "no daemon"
         raise SandboxError(f"the Docker daemon does not answer: {exc}") from None
+
+
+def await_daemon(timeout: float, wait: float) -> Any:
+    """`docker_client(timeout)`, trying again for ``wait`` seconds while the daemon does not answer (a restart)."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            return docker_client(timeout)
+        except SandboxError as exc:
+            if time.monotonic() >= deadline:
+                raise SandboxError(f"{exc} (waited {wait:.0f} s). Start it (containers/setup-docker.sh starts one), "
+                                   "then continue the run (azr resume)") from None
+            log.warning("%s; waiting up to %.0f s for it", exc, deadline - time.monotonic())
+            time.sleep(min(2.0, max(0.1, deadline - time.monotonic())))
 
 
 def image_problem(client: Any, image: str) -> str | None:
@@ -113,6 +132,22 @@ class DockerWorker:
         self.decoder = StreamDecoder() if transport == "attach" else None
         self._socket_dir = Path(tempfile.mkdtemp(prefix="azr-sandbox-")) if transport == "socket" else None
         self._listener = self._listen() if self._socket_dir else None
+        self._stream = None
+        # Named before it exists: a busy daemon may create it after the request timed out here, and
+        # a container that never started is not auto-removed, so a failed start removes it by name.
+        self.container = f"azr-sandbox-{secrets.token_hex(8)}"
+        try:
+            self._create_and_start(config)
+        except BaseException:
+            self.kill()
+            try:
+                client.api.remove_container(self.container, force=True)
+            except Exception:  # never created, or removed already
+                pass
+            raise
+
+    def _create_and_start(self, config: ExecutorConfig) -> None:
+        client = self.client
         uid = sandbox_uid()
         host_config = client.api.create_host_config(
             network_mode="none",
@@ -137,8 +172,11 @@ class DockerWorker:
             environment={"PYTHONHASHSEED": "0", **RUNNER_ENV},
             host_config=host_config,
             labels={"azr.sandbox": "executor", **owner_labels()},  # the owner: removed if azr is killed
+            # The runner (PID 1) has no use for SIGTERM, which PID 1 ignores anyway: without this, a
+            # daemon shutting down (a restart) would wait out its stop timeout for every container.
+            stop_signal="SIGKILL",
+            name=self.container,
         )["Id"]
-        self._stream = None
         if self.decoder is not None:
             # Attach before start, so no output is lost and the HTTP layer has buffered nothing after its headers.
             self._stream = client.api.attach_socket(self.container, params={"stdin": 1, "stdout": 1, "stderr": 1, "stream": 1})
@@ -227,7 +265,8 @@ def choose_transport(client: Any, configured: str) -> str:
 
 def make_docker_workers(config: ExecutorConfig) -> Any:
     """A worker factory for `Sandbox`, after checking the daemon and the image."""
-    client = docker_client()
+    # A busy daemon (vfs copies each container's root) takes its time; a restarting one comes back.
+    client = await_daemon(timeout=START_SECONDS, wait=pool_module.RESTART_SECONDS)
     problem = image_problem(client, config.image)
     if problem:
         raise SandboxError(problem)

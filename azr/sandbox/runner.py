@@ -63,6 +63,7 @@ JOB_FIELDS = {
 }
 MAX_LINE = 16 * 1024 * 1024
 ORPHAN_SCAN_SECONDS = 1.0
+FORK_RETRY_SECONDS = 0.05  # pause before starting a job again when the zygote found no process to fork
 
 # Bound at import, before any program runs: a program that patches builtins cannot change them.
 _repr, _eval, _compile, _exec, _type, _len, _dict, _id, _set = repr, eval, compile, exec, type, len, dict, id, set
@@ -685,7 +686,7 @@ def child_main(payload, result_fd, config):
 # Server -> zygote: one SEQPACKET message per job (sequence number + marshalled job) carrying the
 # write end of the job's result pipe. Zygote -> server: EVENT records (started / exited).
 
-EVENT = struct.Struct("<qqqdq")  # kind (1 started, 2 exited), sequence, pid or wait status, cpu seconds, max RSS KiB
+EVENT = struct.Struct("<qqqdq")  # kind (1 started, 2 exited, 3 fork failed), sequence, pid or wait status, cpu seconds, max RSS KiB
 HEADER = struct.Struct("<qq")  # sequence, 1 when the job runs alone (see Server.start_children)
 MAX_JOB_BYTES = 150_000  # one SEQPACKET message (the default socket buffer is about 200 KiB)
 
@@ -750,7 +751,12 @@ def zygote_main(control, config):
             result_fd = struct.unpack_from("i", ancillary[0][2])[0]
             if alone and not running:
                 settle()
-            pid = os.fork()
+            try:
+                pid = os.fork()
+            except OSError as exc:  # no process to be had (a container's pids limit full): the server tries again
+                os.close(result_fd)
+                control.send(EVENT.pack(3, sequence, exc.errno, 0.0, 0))
+                continue
             if pid == 0:
                 try:
                     child_main(memoryview(buffer)[HEADER.size : size], result_fd, config)
@@ -911,6 +917,7 @@ class Server:
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.stdin_open = True
+        self.fork_retry_at = 0.0  # no job starts before this (monotonic): the zygote could not fork
         os.set_blocking(0, False)
         os.set_blocking(1, False)
         self.watch(0, select.EPOLLIN, self.read_stdin)
@@ -1048,6 +1055,8 @@ class Server:
         failure need not be the program's own when others ran beside it: zygote_event and zygote_died
         queue it again, alone, and only that run's answer counts.
         """
+        if time.monotonic() < self.fork_retry_at:
+            return
         while self.queue and len(self.children) < self.config["slots"]:
             if (self.queue[0][2] and self.children) or any(child.alone for child in self.children.values()):
                 return
@@ -1113,6 +1122,12 @@ class Server:
             child.pid = value
             return
         del self.children[sequence]
+        if kind == 3:  # the zygote could not fork: no fault of the program, which has not run; again shortly
+            if child.fd is not None:
+                self.close_pipe(child)
+            self.queue.appendleft((child.job_id, child.payload, child.alone))
+            self.fork_retry_at = time.monotonic() + FORK_RETRY_SECONDS
+            return
         self.drain(child)
         if child.fd is not None:
             self.close_pipe(child)
@@ -1134,7 +1149,10 @@ class Server:
 
     def timeout(self):
         """Seconds until the next deadline; None to wait for input."""
-        waits = [c.deadline - time.monotonic() for c in self.children.values() if not c.timed_out]
+        now = time.monotonic()
+        waits = [c.deadline - now for c in self.children.values() if not c.timed_out]
+        if self.queue and self.fork_retry_at > now:
+            waits.append(self.fork_retry_at - now)
         if self.children and not waits:
             return 0.05  # killed children not reported yet
         return max(0.0, min(waits)) if waits else None
