@@ -74,22 +74,15 @@ class RunDir:
     def config_path(self) -> Path:
         return self.root / "config.yaml"
 
-    def buffer_path(self, iteration: int) -> Path:
-        """Buffer after `iteration` (0 = the seed tasks)."""
-        return self.root / "buffer" / f"iter-{iteration:04d}.parquet"
-
     def iteration_dir(self, iteration: int) -> Path:
         return self.root / f"iter-{iteration:04d}"
 
     def stage_file(self, iteration: int, name: str) -> Path:
-        """An artifact of one iteration, e.g. stage_file(3, "tasks.parquet")."""
+        """A file of one iteration's directory (the stages' names for them: azr/pipeline.py)."""
         return self.iteration_dir(iteration) / name
 
     def checkpoint_dir(self, iteration: int) -> Path:
         return self.iteration_dir(iteration) / "checkpoint"
-
-    def eval_path(self, iteration: int) -> Path:
-        return self.root / "eval" / f"iter-{iteration:04d}.parquet"
 
     def iterations(self) -> list[int]:
         """Iteration numbers that have a directory, ascending."""

@@ -320,26 +320,28 @@ class DistributedConfig(Section):
     nproc_per_node: int = Field(
         1, gt=0,
         description="Training processes (torchrun ranks) on each node, one per GPU. 1 with nnodes 1: the update runs "
-        "in the train stage's own process, without torchrun.",
+        "in the train stage's own process, without torchrun.", title="Processes per node",
     )
     nnodes: int = Field(
         1, gt=0,
-        description="Machines that train together. Beyond 1, every other machine runs `azr train-node RUN_DIR` "
-        "(the run directory on shared storage) and joins each train stage at rdzv_endpoint.",
+        description="Machines that train together. Beyond 1, every other machine runs azr train-node RUN_DIR "
+        "(the run directory on shared storage) and joins each train stage at rdzv_endpoint.", title="Nodes",
     )
     rdzv_endpoint: str = Field(
         "127.0.0.1:29400",
         description="host:port of the torchrun rendezvous when nnodes > 1: an address of the machine running the flow, "
         "reachable from the others (a free port there). With nnodes 1 the ranks meet on a free loopback port instead.",
+        title="Rendezvous endpoint",
     )
     backend: Literal["auto", "gloo", "nccl"] = Field(
-        "auto", description="torch.distributed backend. auto: nccl when CUDA is available, else gloo."
+        "auto", description="torch.distributed backend. auto: nccl when CUDA is available, else gloo.",
+        title="Communication backend",
     )
     fsdp: bool = Field(
         False,
         description="Shard weights, gradients and optimizer state across the ranks with FSDP2 (fully_shard), for "
         "models whose training state does not fit one device. Off: every rank holds the whole model and the "
-        "gradients are summed once after the micro-batches.",
+        "gradients are summed once after the micro-batches.", title="Shard with FSDP",
     )
 
     @field_validator("rdzv_endpoint")
@@ -392,7 +394,8 @@ class TrainingConfig(Section):
         "over every token, so the n solver rollouts per task outweigh the proposals.", title="Balance roles in the loss",
     )
     distributed: DistributedConfig = Field(
-        default_factory=DistributedConfig, description="Training on several processes, GPUs or machines (torchrun)."
+        default_factory=DistributedConfig, description="Training on several processes, GPUs or machines (torchrun).",
+        title="Distributed training",
     )
 
 

@@ -22,16 +22,14 @@ import json
 import math
 import re
 import time
-import zlib
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from azr import prompts, schemas, task_types
+from azr import schemas, task_types
 from azr.config import AZRConfig, SamplingConfig
 from azr.seeding import stage_seed
 from azr.solving import answer_problems
@@ -39,12 +37,7 @@ from azr.solving import answer_problems
 HELDOUT = "heldout"
 HELDOUT_DIR = Path(__file__).parent / "data" / "heldout"
 
-EVAL = pa.schema(schemas.KEYS + [
-    ("set", schemas.STR), ("sample", schemas.INT), ("prompt", schemas.STR), ("response", schemas.STR),
-    ("response_tokens", schemas.INT), ("finish_reason", schemas.STR), ("parsed", schemas.BOOL),
-    ("parse_reason", schemas.STR), ("answer", schemas.STR), ("correct", schemas.BOOL), ("check_status", schemas.STR),
-    ("check_error", schemas.STR), ("gold", schemas.STR), ("eval_seconds", schemas.FLOAT),
-])
+EVAL = schemas.EVAL  # the rows of eval/iter-NNNN.parquet and of `azr eval --out`
 
 
 Progress = Callable[[int, int], None]  # (answers done, answers in all)

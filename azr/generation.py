@@ -22,7 +22,7 @@ from typing import Callable, Protocol, Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, TopPLogitsWarper
 
-from azr.config import AZRConfig, SamplingConfig
+from azr.config import SamplingConfig
 from azr.formats import AnswerFormat, Field
 from azr.hf_compat import cache_kwargs
 from azr.kv_cache import batched_prefill
@@ -183,28 +183,6 @@ def _take(answer: _Answer, piece: Piece, tokenizer: PreTrainedTokenizerBase) -> 
     answer.pending = None
     if piece.finish_reason != "stop" or answer.finish_reason == "stop":
         answer.finish_reason = piece.finish_reason
-
-
-def backend_name(config: AZRConfig) -> str:
-    """`generation.backend` resolved: auto is vllm when a server URL is set or vLLM is installed, else hf."""
-    choice = config.generation.backend
-    if choice == "auto":
-        from azr.vllm_backend import vllm_available
-
-        return "vllm" if config.generation.vllm.url or vllm_available() else "hf"
-    return choice
-
-
-def open_backend(config: AZRConfig, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                 sampling: SamplingConfig | None = None) -> Backend:
-    """The backend a stage generates with, serving exactly `model`'s weights (the policy as loaded for
-    the stage). vllm: the process's engine (or the server), synced to `model` (azr.vllm_backend)."""
-    sampling = sampling if sampling is not None else config.sampling
-    if backend_name(config) == "vllm":
-        from azr.vllm_backend import open_vllm_backend
-
-        return open_vllm_backend(config, model, tokenizer, sampling)
-    return HFBackend(model, tokenizer, sampling)
 
 
 # ---------------------------------------------------------------- the transformers backend

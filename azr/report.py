@@ -15,6 +15,7 @@ from azr.artifacts import RunDir, manifest_path, read_table
 from azr import task_types
 from azr.config import load_config
 from azr.evaluation import eval_metrics
+from azr.pipeline import EVALUATE
 
 ROLES = ("propose", "solve")
 STAGES = ("propose", "validate", "solve", "score", "train", "buffer")
@@ -28,7 +29,7 @@ def report_frame(run: RunDir) -> pd.DataFrame:
         rows[iteration] = runs.iteration_metrics(run, iteration)
     config = load_config(run.config_path)
     for iteration in [0, *rows]:
-        path = run.eval_path(iteration)
+        path = EVALUATE.output(run, iteration)
         if manifest_path(path).exists():
             rows.setdefault(iteration, {}).update(eval_metrics(read_table(path), config.eval.pass_k))
     return pd.DataFrame.from_dict(rows, orient="index").sort_index()

@@ -20,16 +20,9 @@ from azr.config import ConfigError, load_config
 from azr.parsing import REASONS as PARSE_REASONS
 from azr.rewards import QUALITY_REASONS
 from azr.sandbox.runner import STATUSES as SANDBOX_STATUSES
+from azr.pipeline import ITERATION_STEPS, PROPOSE, SCORE, SOLVE, STAGE, TRAIN, VALIDATE, Stage
 
-# The steps of one iteration in order, each with the file whose manifest says it is done.
-STEPS: tuple[tuple[str, str], ...] = (
-    ("propose", "proposals.parquet"),
-    ("validate", "tasks.parquet"),
-    ("solve", "solutions.parquet"),
-    ("score", "rewards.parquet"),
-    ("train", "train.json"),
-    ("buffer", ""),  # buffer/iter-N.parquet, outside the iteration directory
-)
+STEPS: tuple[str, ...] = ITERATION_STEPS  # the steps of every iteration, in order (azr/pipeline.py)
 REWARD_COMPONENTS = ("reward", "learnability", "diversity", "complexity", "format", "correctness", "advantage")
 NONZERO_ADVANTAGE = 1e-6
 REWARD_ROLES = ("propose", "solve")
@@ -49,9 +42,7 @@ KEY_METRICS = ("tasks/valid_rate", "solve_rate/all", "reward/solve/reward", "tra
 
 def step_output(run: RunDir, iteration: int, step: str) -> Path:
     """The file whose manifest marks ``step`` of ``iteration`` as done."""
-    if step == "buffer":
-        return run.buffer_path(iteration)
-    return run.stage_file(iteration, dict(STEPS)[step])
+    return STAGE[step].output(run, iteration)
 
 
 def step_done(run: RunDir, iteration: int, step: str) -> bool:
@@ -61,7 +52,7 @@ def step_done(run: RunDir, iteration: int, step: str) -> bool:
 def iterations_done(run: RunDir) -> int:
     """How many iterations, counted from 1, have every step done."""
     n = 0
-    while all(step_done(run, n + 1, step) for step, _ in STEPS):
+    while all(step_done(run, n + 1, step) for step in STEPS):
         n += 1
     return n
 
@@ -69,7 +60,7 @@ def iterations_done(run: RunDir) -> int:
 def position(run: RunDir, num_iterations: int) -> tuple[int, str] | None:
     """The first (iteration, step) not done yet; None when all ``num_iterations`` are done."""
     for iteration in range(iterations_done(run) + 1, num_iterations + 1):
-        for step, _ in STEPS:
+        for step in STEPS:
             if not step_done(run, iteration, step):
                 return iteration, step
     return None
@@ -98,11 +89,11 @@ def progress(run: RunDir, num_iterations: int) -> Progress:
     """Where a (possibly running) run stands, from its manifests only."""
     result = Progress(iterations_done(run), position(run, num_iterations))
     for iteration in run.iterations():
-        for step, name in (("propose", "proposals.parquet"), ("solve", "solutions.parquet")):
-            rows, seconds = _manifest_rows(run.stage_file(iteration, name))
+        for step in (PROPOSE, SOLVE):  # the generating steps
+            rows, seconds = _manifest_rows(step.output(run, iteration))
             if rows:
                 result.samples += rows
-                result.last_step = f"{step} {iteration}"
+                result.last_step = f"{step.name} {iteration}"
                 result.last_rate = rows / seconds if seconds > 0 else None
     return result
 
@@ -189,22 +180,17 @@ def iteration_metrics(run: RunDir, iteration: int, task_types: tuple[str, ...] |
     has a point per iteration.
     """
     task_types = tuple(task_types if task_types is not None else registry.names())
-    readers = {
-        "proposals.parquet": _proposal_metrics,
-        "tasks.parquet": _task_metrics,
-        "solutions.parquet": _solution_metrics,
-        "rewards.parquet": _reward_metrics,
-    }
+    readers = {PROPOSE: _proposal_metrics, VALIDATE: _task_metrics, SOLVE: _solution_metrics, SCORE: _reward_metrics}
     metrics: dict[str, float] = {}
-    for name, reader in readers.items():
-        path = run.stage_file(iteration, name)
+    for stage, reader in readers.items():
+        path = stage.output(run, iteration)
         if manifest_path(path).exists():
             metrics.update(reader(read_table(path), task_types))
-    train_json = run.stage_file(iteration, "train.json")
+    train_json = TRAIN.output(run, iteration)
     if manifest_path(train_json).exists():
         metrics.update(_train_metrics(read_json(train_json)))
     total = 0.0
-    for step, _ in STEPS:
+    for step in STEPS:
         path = step_output(run, iteration, step)
         if manifest_path(path).exists():
             rows, seconds = _manifest_rows(path)
@@ -255,9 +241,9 @@ def task_status(accepted: bool, forced: bool) -> str:
     return "rejected" if not accepted else ("forced" if forced else "accepted")
 
 
-def _iteration_files(run: RunDir, name: str, iteration: int | None) -> list[Path]:
+def _iteration_files(run: RunDir, stage: Stage, iteration: int | None) -> list[Path]:
     iterations = [iteration] if iteration is not None else run.iterations()
-    return [p for i in iterations if manifest_path(p := run.stage_file(i, name)).exists()]
+    return [p for i in iterations if manifest_path(p := stage.output(run, i)).exists()]
 
 
 def _concat(paths: list[Path]) -> pd.DataFrame:
@@ -272,11 +258,11 @@ def task_table(
     if status is not None and status not in TASK_STATUSES:
         raise ValueError(f"status {status!r}: expected one of {', '.join(TASK_STATUSES)}")
     columns = ["iteration", "task_id", "task_type", "source", "status", "reason", "solve_rate", "program"]
-    tasks = _concat(_iteration_files(run, "tasks.parquet", iteration))
+    tasks = _concat(_iteration_files(run, VALIDATE, iteration))
     if tasks.empty:
         return pd.DataFrame(columns=columns)
     tasks["status"] = [task_status(a, f) for a, f in zip(tasks["accepted"], tasks["forced"])]
-    solutions = _concat(_iteration_files(run, "solutions.parquet", iteration))
+    solutions = _concat(_iteration_files(run, SOLVE, iteration))
     rates = solutions.groupby(["iteration", "task_id"])["correct"].mean() if not solutions.empty else pd.Series(dtype=float)
     tasks["solve_rate"] = [rates.get((i, t)) for i, t in zip(tasks["iteration"], tasks["task_id"])]
     if task_type is not None:
@@ -290,14 +276,14 @@ def task_detail(run: RunDir, task_id: str, *, iteration: int | None = None) -> l
     """Everything about one task, once per iteration it appears in, as plain Python values: the
     task row, its proposal, the solver rollouts and the reward rows (proposer and solver)."""
     found = []
-    for path in _iteration_files(run, "tasks.parquet", iteration):
+    for path in _iteration_files(run, VALIDATE, iteration):
         for task in _rows_for(path, task_id):
             n = task["iteration"]
             found.append({
                 "task": task,
-                "proposal": _rows_for(run.stage_file(n, "proposals.parquet"), task_id),
-                "solutions": _rows_for(run.stage_file(n, "solutions.parquet"), task_id),
-                "rewards": _rows_for(run.stage_file(n, "rewards.parquet"), task_id),
+                "proposal": _rows_for(PROPOSE.output(run, n), task_id),
+                "solutions": _rows_for(SOLVE.output(run, n), task_id),
+                "rewards": _rows_for(SCORE.output(run, n), task_id),
             })
     return found
 

@@ -49,3 +49,11 @@ BUFFER = pa.schema([
     ("task_id", STR), ("task_type", STR), ("program", STR), ("input", STR), ("output", STR), ("inputs", STRS),
     ("outputs", STRS), ("message", STR), ("origin_iteration", INT),
 ])
+
+# eval/iter-NNNN.parquet and `azr eval --out`: one row per answer to a held-out problem.
+EVAL = pa.schema(KEYS + [
+    ("set", STR), ("sample", INT), ("prompt", STR), ("response", STR),
+    ("response_tokens", INT), ("finish_reason", STR), ("parsed", BOOL),
+    ("parse_reason", STR), ("answer", STR), ("correct", BOOL), ("check_status", STR),
+    ("check_error", STR), ("gold", STR), ("eval_seconds", FLOAT),
+])

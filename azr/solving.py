@@ -33,7 +33,8 @@ def answer_problems(config: AZRConfig, policy, sandbox, problems: list[dict[str,
                     sampling: SamplingConfig, seed: int, strict: bool, progress: Progress | None = None) -> list[Answer]:
     """`samples` answers to each problem (a task dict, see azr.task_types) from `policy` (model,
     tokenizer), each checked in `sandbox`; in problem order, the samples of a problem together."""
-    from azr.generation import generate, open_backend  # torch is slow to import; callers that only read do without it
+    from azr.backends import open_backend
+    from azr.generation import generate  # torch is slow to import; callers that only read do without it
 
     model, tokenizer = policy
     mode = config.generation.answer_format

@@ -226,7 +226,7 @@ class Induction(TaskType):
         return parsing.parse_program_answer(text, strict)
 
     def check(self, sandbox: "Sandbox", tasks: list[dict], answers: list[str]) -> list["CheckResult"]:
-        from azr.sandbox.client import CheckResult
+        from azr.sandbox.results import CheckResult
 
         items, where = [], []
         results: list[Any] = [None] * len(tasks)

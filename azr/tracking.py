@@ -22,6 +22,7 @@ from azr.artifacts import RunDir, manifest_path, read_table
 from azr.config import AZRConfig
 from azr.evaluation import eval_metrics
 from azr.runs import iteration_metrics
+from azr.pipeline import BUFFER, EVALUATE, STAGES
 
 RUN_ID_FILE = "mlflow_run_id"
 MARKER_METRIC = "iteration"
@@ -33,7 +34,6 @@ FLOW_RUN_TAG = "prefect.flow_run_id"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
 TRAINING_VIEW = "workflowType=machine_learning"
 MLFLOW_UI_URL = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store
-_ARTIFACT_FILES = ("proposals.parquet", "tasks.parquet", "solutions.parquet", "rewards.parquet", "train.json")
 MAX_BATCH_METRICS = 1000  # MLflow's limit per log_batch
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -193,11 +193,11 @@ def _log_one_iteration(config: AZRConfig, run: RunDir, iteration: int) -> dict[s
     client.log_text(run_id, summary.summary_csv(iteration, metrics), f"{run.iteration_dir(iteration).name}/summary.csv")
     if config.tracking.log_artifacts:
         folder = run.iteration_dir(iteration).name
-        for name in _ARTIFACT_FILES:
-            path = run.stage_file(iteration, name)
+        for stage in (s for s in STAGES if s.artifact):
+            path = stage.output(run, iteration)
             if manifest_path(path).exists():
                 client.log_artifact(run_id, str(path), artifact_path=folder)
-        client.log_artifact(run_id, str(run.buffer_path(iteration)), artifact_path="buffer")
+        client.log_artifact(run_id, str(BUFFER.output(run, iteration)), artifact_path="buffer")
     now = int(time.time() * 1000)
     entries = [Metric(key, float(value), now, iteration) for key, value in metrics.items()]
     entries.append(Metric(MARKER_METRIC, float(iteration), now, iteration))  # last: the iteration is logged
@@ -208,7 +208,7 @@ def _log_one_iteration(config: AZRConfig, run: RunDir, iteration: int) -> dict[s
 
 def evaluation_metrics(config: AZRConfig, run: RunDir, iteration: int) -> dict[str, float]:
     """``eval/<set>/<type>/pass_at_k`` of the held-out evaluation after ``iteration``, when it ran."""
-    path = run.eval_path(iteration)
+    path = EVALUATE.output(run, iteration)
     return eval_metrics(read_table(path), config.eval.pass_k) if manifest_path(path).exists() else {}
 
 

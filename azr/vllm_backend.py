@@ -1,6 +1,6 @@
 """The vLLM backend: fields completed by a vLLM engine, in this process's care or behind `vllm serve`.
 
-Imported only when `generation.backend` chooses vLLM (`azr.generation.open_backend`); the hf
+Imported only when `generation.backend` chooses vLLM (`azr.backends.open_backend`); the hf
 backend needs none of this. Two ways to reach vLLM:
 
 - in-process (`generation.vllm.url` unset): one `vllm.LLM` engine per process and model, started

@@ -26,7 +26,8 @@ import torch
 from azr import prompts, task_types
 from azr.config import DEFAULT_BANNED_MODULES, build_config
 from azr.formats import answer_format, program_arity
-from azr.generation import HFBackend, generate, open_backend
+from azr.backends import open_backend
+from azr.generation import HFBackend, generate
 
 PROGRAMS = [
     ("def f(a, b):\n    return [x * b for x in a if x % 2 == 0]", "[1, 2, 3, 4], 3", "[6, 12]"),

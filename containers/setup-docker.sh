@@ -30,6 +30,6 @@ sys.exit(1 if problem else 0)'); then
 else
     echo "setup-docker: $PROBLEM; building it offline"
     start=$(date +%s)
-    "$PYTHON" -c 'from azr.cli import app; app()' sandbox build --offline
+    "$PYTHON" -c 'from cli.main import app; app()' sandbox build --offline
     echo "setup-docker: image built in $(( $(date +%s) - start )) s"
 fi

@@ -29,6 +29,7 @@ from azr.artifacts import RunDir
 from azr.config import AZRConfig, ConfigError, build_config, deep_merge
 from azr.runs import iteration_metrics
 from azr.sandbox import choose_backend
+from azr.pipeline import BUFFER, EVALUATE, PROPOSE, SCORE, SOLVE, STAGES, TRAIN, VALIDATE
 from flows.signals import interruptible
 from stages.buffer import update_buffer
 from stages.evaluate import evaluate_iteration, should_evaluate
@@ -60,43 +61,43 @@ def is_transient(task, task_run, state) -> bool:
 STAGE_TASK = dict(cache_policy=NO_CACHE, persist_result=False, retry_condition_fn=is_transient)
 
 
-@task(name="propose", **STAGE_TASK)
+@task(name=PROPOSE.task, **STAGE_TASK)
 @interruptible
 def propose_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return propose(config, run, iteration)
 
 
-@task(name="validate", **STAGE_TASK)
+@task(name=VALIDATE.task, **STAGE_TASK)
 @interruptible
 def validate_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return validate(config, run, iteration)
 
 
-@task(name="solve", **STAGE_TASK)
+@task(name=SOLVE.task, **STAGE_TASK)
 @interruptible
 def solve_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return solve(config, run, iteration)
 
 
-@task(name="score", **STAGE_TASK)
+@task(name=SCORE.task, **STAGE_TASK)
 @interruptible
 def score_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return score(config, run, iteration)
 
 
-@task(name="train", **STAGE_TASK)
+@task(name=TRAIN.task, **STAGE_TASK)
 @interruptible
 def train_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return train(config, run, iteration)
 
 
-@task(name="update-buffer", **STAGE_TASK)
+@task(name=BUFFER.task, **STAGE_TASK)
 @interruptible
 def buffer_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return update_buffer(config, run, iteration)
 
 
-@task(name="evaluate", **STAGE_TASK)
+@task(name=EVALUATE.task, **STAGE_TASK)
 @interruptible
 def evaluate_task(config: AZRConfig, run: RunDir, iteration: int) -> Path:
     return evaluate_iteration(config, run, iteration)
@@ -117,7 +118,7 @@ ITERATION_TASKS = (propose_task, validate_task, solve_task, score_task, train_ta
                    log_iteration_task)
 
 
-STEP_OF_TASK = {"update-buffer": "buffer", "log-iteration": None}  # task name -> report step (None: no line)
+STEP_OF_TASK = {stage.task: stage.name for stage in STAGES} | {"log-iteration": None}  # None: no progress line
 progress = logging.getLogger("azr.progress")
 progress.setLevel(logging.INFO)  # Prefect gives the extra loggers its handlers, not a level
 

@@ -12,7 +12,8 @@ from azr.artifacts import RunDir
 from azr.checkpoint import latest_checkpoint, load_policy, meta_path
 from azr.config import AZRConfig
 from azr.formats import AnswerFormat
-from azr.generation import Generation, generate, open_backend
+from azr.backends import open_backend
+from azr.generation import Generation, generate
 
 
 def policy_inputs(run_dir: RunDir, iteration: int) -> list[Path]:

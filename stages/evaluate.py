@@ -9,13 +9,13 @@ The training flow calls, after iteration N's update (and with N = 0 before the f
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
-from azr.artifacts import RunDir, read_table, stage_complete, write_table
+from azr.artifacts import RunDir, read_table
 from azr.checkpoint import latest_checkpoint, load_policy, meta_path
 from azr.config import AZRConfig
-from azr.evaluation import EVAL, benchmark_path, benchmark_task_types, eval_metrics, run_evaluation
+from azr.evaluation import benchmark_path, benchmark_task_types, eval_metrics, run_evaluation
+from azr.pipeline import EVALUATE, run_stage
 
 
 def should_evaluate(config: AZRConfig, iteration: int) -> bool:
@@ -36,17 +36,15 @@ def evaluate_iteration(config: AZRConfig, run_dir: RunDir, iteration: int) -> Pa
     """Write ``eval/iter-NNNN.parquet``: the weights after `iteration`'s update (0 = the base model)
     answering every configured held-out set; returns at once when it is already written for them."""
     checkpoint = latest_checkpoint(run_dir, before_iteration=iteration + 1)
-    out = run_dir.eval_path(iteration)
     inputs = ([meta_path(checkpoint)] if checkpoint else []) + _benchmark_inputs(config)
-    if stage_complete([out], inputs, config.config_hash()):
-        return out
-    started = time.perf_counter()
-    model, tokenizer = load_policy(config.model, checkpoint)
-    frame = run_evaluation(model, tokenizer, config, run=run_dir.name, iteration=iteration)
-    return write_table(frame, out, inputs=inputs, schema=EVAL, config_hash=config.config_hash(),
-                       seconds=time.perf_counter() - started)
+
+    def build():
+        model, tokenizer = load_policy(config.model, checkpoint)
+        return run_evaluation(model, tokenizer, config, run=run_dir.name, iteration=iteration)
+
+    return run_stage(EVALUATE, config, run_dir, iteration, inputs, build)
 
 
 def iteration_eval_metrics(config: AZRConfig, run_dir: RunDir, iteration: int) -> dict[str, float]:
     """`{"eval/<set>/<type>/pass_at_1": value, ...}` of an evaluated iteration, for MLflow (step = iteration)."""
-    return eval_metrics(read_table(run_dir.eval_path(iteration)), config.eval.pass_k)
+    return eval_metrics(read_table(EVALUATE.output(run_dir, iteration)), config.eval.pass_k)

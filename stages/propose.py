@@ -7,25 +7,25 @@ from pathlib import Path
 
 import pandas as pd
 
-from azr import schemas, task_types
-from azr.artifacts import RunDir, read_table, stage_complete, write_table
+from azr import task_types
+from azr.artifacts import RunDir, read_table
 from azr.config import AZRConfig
 from azr.data_construction import proposer_request
-from azr.seeding import stage_rng, stage_seed
+from azr.pipeline import PROPOSE, run_stage
 from azr.formats import format_for, program_arity
 from stages.common import generate_batch, generation_columns, iteration_policy, policy_inputs, prompt_fits
 
 
 def propose(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     """Write ``iter-N/proposals.parquet``: one row per proposer generation, parsed or with a reason."""
-    out = run_dir.stage_file(iteration, "proposals.parquet")
-    buffer_path = run_dir.buffer_path(iteration - 1)
-    inputs = [buffer_path, *policy_inputs(run_dir, iteration)]
-    if stage_complete([out], inputs, config.config_hash()):
-        return out
+    inputs = [*PROPOSE.inputs(run_dir, iteration), *policy_inputs(run_dir, iteration)]
+    return run_stage(PROPOSE, config, run_dir, iteration, inputs, lambda: _proposals(config, run_dir, iteration))
+
+
+def _proposals(config: AZRConfig, run_dir: RunDir, iteration: int) -> pd.DataFrame:
     started = time.perf_counter()
-    buffer = read_table(buffer_path)
-    rng = stage_rng(config.seed, iteration, "propose")
+    buffer = read_table(PROPOSE.inputs(run_dir, iteration)[0])
+    rng = PROPOSE.rng(config, iteration)
     types = rng.choice(config.task_types, size=config.tasks_per_iteration, p=config.task_distribution)
     policy = iteration_policy(config, run_dir, iteration)
     fits = prompt_fits(config, policy[1])
@@ -33,7 +33,7 @@ def propose(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     formats = [format_for(config, "propose", str(t), program_arity(program) if program else None)
                for t, (_, _, program) in zip(types, requests)]
     rendered, generations = generate_batch(config, policy, [r[0] for r in requests], formats,
-                                           stage_seed(config.seed, iteration, "propose"))
+                                           PROPOSE.seed(config, iteration))
     strict = not config.is_forced(iteration)
     n_inputs = config.validation.induction_num_inputs
     rows = []
@@ -51,4 +51,4 @@ def propose(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     seconds = time.perf_counter() - started
     frame = pd.DataFrame(rows)
     frame["generate_seconds"] = seconds / max(len(rows), 1)
-    return write_table(frame, out, inputs=inputs, schema=schemas.PROPOSALS, config_hash=config.config_hash(), seconds=seconds)
+    return frame

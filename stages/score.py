@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
-from azr import schemas
-from azr.artifacts import RunDir, read_rows, read_table, stage_complete, write_table
+from azr.artifacts import RunDir, read_rows, read_table
 from azr.config import AZRConfig
+from azr.pipeline import SCORE, run_stage
 from azr import rewards
 
-SAMPLE_COLUMNS = ["prompt_ids", "response_ids", "response_mask", "logprobs"]
+TOKEN_COLUMNS = ["prompt_ids", "response_ids", "response_mask", "logprobs"]  # what the update trains on
 
 
 def _solver_rows(solutions: list[dict], forced: bool, config: AZRConfig) -> list[dict]:
@@ -23,7 +22,7 @@ def _solver_rows(solutions: list[dict], forced: bool, config: AZRConfig) -> list
         correctness, fmt = rewards.solver_reward(s["correct"], well_formed, forced, config.rewards)
         rows.append({
             "run": s["run"], "iteration": s["iteration"], "task_id": s["task_id"], "task_type": s["task_type"],
-            "role": "solve", "sample": s["sample"], **{c: s[c] for c in SAMPLE_COLUMNS},
+            "role": "solve", "sample": s["sample"], **{c: s[c] for c in TOKEN_COLUMNS},
             "valid": True, "solve_rate": None, "learnability": 0.0, "diversity": 0.0, "complexity": 0.0,
             "format": fmt, "correctness": correctness, "reward": correctness + fmt,
         })
@@ -45,7 +44,7 @@ def _proposer_rows(proposals: list[dict], tasks: dict[str, dict], solve_rates: d
         learn = rewards.learnability(rate, config.rewards.learnability_at_extremes) if valid else 0.0
         rows.append({
             "run": p["run"], "iteration": p["iteration"], "task_id": p["task_id"], "task_type": p["task_type"],
-            "role": "propose", "sample": 0, **{c: p[c] for c in SAMPLE_COLUMNS},
+            "role": "propose", "sample": 0, **{c: p[c] for c in TOKEN_COLUMNS},
             "valid": valid, "solve_rate": rate if valid else None, "learnability": learn, "diversity": div,
             "complexity": comp, "format": 0.0, "correctness": 0.0,
             "reward": rewards.proposer_reward(valid, rate, div, comp, config.rewards, task["reason"], forced),
@@ -55,12 +54,11 @@ def _proposer_rows(proposals: list[dict], tasks: dict[str, dict], solve_rates: d
 
 def score(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     """Write ``iter-N/rewards.parquet``: one row per trainable sample, every component in its own column."""
-    names = ["proposals.parquet", "tasks.parquet", "solutions.parquet"]
-    inputs = [run_dir.stage_file(iteration, n) for n in names] + [run_dir.buffer_path(iteration - 1)]
-    out = run_dir.stage_file(iteration, "rewards.parquet")
-    if stage_complete([out], inputs, config.config_hash()):
-        return out
-    started = time.perf_counter()
+    inputs = SCORE.inputs(run_dir, iteration)
+    return run_stage(SCORE, config, run_dir, iteration, inputs, lambda: _rewards(config, iteration, inputs))
+
+
+def _rewards(config: AZRConfig, iteration: int, inputs: list[Path]) -> pd.DataFrame:
     proposals, tasks, solutions = (read_rows(p) for p in inputs[:3])
     buffer = read_table(inputs[3])
     solve_rates = pd.DataFrame(solutions).groupby("task_id")["correct"].mean().to_dict()
@@ -69,4 +67,4 @@ def score(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     rows += _solver_rows(solutions, forced, config)
     frame = pd.DataFrame(rows)
     frame["advantage"] = rewards.trr_advantages(frame, config.rewards.advantage_eps)
-    return write_table(frame, out, inputs=inputs, schema=schemas.REWARDS, config_hash=config.config_hash(), seconds=time.perf_counter() - started)
+    return frame

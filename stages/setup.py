@@ -14,6 +14,7 @@ from azr.buffer import BUFFER_COLUMNS, seed_programs
 from azr.checkpoint import discard_damaged_checkpoints
 from azr.config import AZRConfig, ConfigError, dump_config, load_config
 from azr.sandbox import open_sandbox
+from azr.pipeline import BUFFER
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def setup_run(config: AZRConfig, runs_dir: str | Path) -> RunDir:
 
 def seed_buffer(config: AZRConfig, run_dir: RunDir) -> Path:
     """``buffer/iter-0000.parquet``: the shipped seed programs with outputs computed in the sandbox."""
-    out = run_dir.buffer_path(0)
+    out = BUFFER.output(run_dir, 0)
     if stage_complete([out], [], config.config_hash()):
         return out
     started = time.perf_counter()

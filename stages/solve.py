@@ -7,22 +7,21 @@ from pathlib import Path
 
 import pandas as pd
 
-from azr import schemas
-from azr.artifacts import RunDir, read_rows, stage_complete, write_table
+from azr.artifacts import RunDir, read_rows
 from azr.config import AZRConfig
+from azr.pipeline import SOLVE, run_stage
 from azr.sandbox import open_sandbox
-from azr.seeding import stage_seed
 from azr.solving import answer_problems
 from stages.common import generation_columns, iteration_policy, policy_inputs
 
 
 def solve(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     """Write ``iter-N/solutions.parquet``: ``rewards.n_samples`` rollouts for every accepted task."""
-    tasks_path = run_dir.stage_file(iteration, "tasks.parquet")
-    out = run_dir.stage_file(iteration, "solutions.parquet")
-    inputs = [tasks_path, *policy_inputs(run_dir, iteration)]
-    if stage_complete([out], inputs, config.config_hash()):
-        return out
+    inputs = [*SOLVE.inputs(run_dir, iteration), *policy_inputs(run_dir, iteration)]
+    return run_stage(SOLVE, config, run_dir, iteration, inputs, lambda: _solutions(config, run_dir, iteration, inputs[0]))
+
+
+def _solutions(config: AZRConfig, run_dir: RunDir, iteration: int, tasks_path: Path) -> pd.DataFrame:
     started = time.perf_counter()
     accepted = [task for task in read_rows(tasks_path) if task["accepted"]]
     if not accepted:
@@ -30,7 +29,7 @@ def solve(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     with open_sandbox(config.executor) as sandbox:
         answers = answer_problems(config, iteration_policy(config, run_dir, iteration), sandbox, accepted,
                                   samples=config.rewards.n_samples, sampling=config.sampling,
-                                  seed=stage_seed(config.seed, iteration, "solve"), strict=not config.is_forced(iteration))
+                                  seed=SOLVE.seed(config, iteration), strict=not config.is_forced(iteration))
     seconds = time.perf_counter() - started
     rows = [
         {
@@ -41,4 +40,4 @@ def solve(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
         }
         for a in answers
     ]
-    return write_table(pd.DataFrame(rows), out, inputs=inputs, schema=schemas.SOLUTIONS, config_hash=config.config_hash(), seconds=seconds)
+    return pd.DataFrame(rows)

@@ -29,6 +29,7 @@ from azr.checkpoint import (latest_checkpoint, load_policy, load_training_state,
                             prune_checkpoints, save_checkpoint, set_rng_state, rng_state)
 from azr.config import AZRConfig
 from azr.distributed import Ranks
+from azr.pipeline import TRAIN
 from azr.generation import logprob_temperature
 from azr.model import generation_dtype, load_model
 from azr.seeding import stage_seed
@@ -51,8 +52,8 @@ class _Paths:
 
 def _paths(config: AZRConfig, run_dir: RunDir, iteration: int) -> _Paths:
     previous = latest_checkpoint(run_dir, before_iteration=iteration)
-    rewards = run_dir.stage_file(iteration, "rewards.parquet")
-    return _Paths(rewards, run_dir.stage_file(iteration, "train.json"), run_dir.checkpoint_dir(iteration),
+    rewards, = TRAIN.inputs(run_dir, iteration)
+    return _Paths(rewards, TRAIN.output(run_dir, iteration), run_dir.checkpoint_dir(iteration),
                   previous, [rewards] + ([meta_path(previous)] if previous else []), config.config_hash())
 
 
@@ -82,7 +83,7 @@ def update(config: AZRConfig, run_dir: RunDir, iteration: int, ranks: Ranks | No
     paths = _paths(config, run_dir, iteration)
     samples = rl.samples_from_frame(read_table(paths.rewards), source=str(paths.rewards))
     with torch.random.fork_rng(devices=[]):  # fresh LoRA adapters: the same in one process and on every rank
-        torch.manual_seed(stage_seed(config.seed, iteration, "train-init"))
+        torch.manual_seed(stage_seed(config.seed, iteration, f"{TRAIN.seed_stream}-init"))
         model, tokenizer = load_policy(config.model, paths.previous, trainable=True)
     if config.model.gradient_checkpointing:
         rl.enable_gradient_checkpointing(model)
@@ -99,7 +100,7 @@ def update(config: AZRConfig, run_dir: RunDir, iteration: int, ranks: Ranks | No
         if rng is not None:
             set_rng_state(rng)
         else:
-            torch.manual_seed(stage_seed(config.seed, iteration, "train"))
+            torch.manual_seed(TRAIN.seed(config, iteration))
         rl.reset_peak_memory()
         start = time.perf_counter()
         same_dtype = generation_dtype(config.model) == getattr(torch, config.model.dtype)

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from azr import schemas, task_types
-from azr.artifacts import RunDir, read_rows, read_table, stage_complete, write_table
+from azr import task_types
+from azr.artifacts import RunDir, read_rows, read_table
 from azr.config import AZRConfig
 from azr.data_construction import quality_reason, topup_candidates
 from azr.dedup import TaskIndex
 from azr.model import load_tokenizer
+from azr.pipeline import VALIDATE, run_stage
 from azr.prompts import fits_prompt
 from azr.task_types import distinct_inputs
 from azr.rewards import complexity
 from azr.sandbox import open_sandbox
-from azr.seeding import stage_rng
 
 
 def _inputs(row: dict) -> tuple[list[str] | None, str | None]:
@@ -99,16 +98,15 @@ def _topups(buffer: pd.DataFrame, accepted: pd.DataFrame, config: AZRConfig, ite
 
 def validate(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     """Write ``iter-N/tasks.parquet``: every proposal judged, plus buffer top-ups to fill the batch."""
-    proposals_path = run_dir.stage_file(iteration, "proposals.parquet")
-    buffer_path = run_dir.buffer_path(iteration - 1)
-    out = run_dir.stage_file(iteration, "tasks.parquet")
-    if stage_complete([out], [proposals_path, buffer_path], config.config_hash()):
-        return out
-    started = time.perf_counter()
+    inputs = VALIDATE.inputs(run_dir, iteration)
+    return run_stage(VALIDATE, config, run_dir, iteration, inputs, lambda: _tasks(config, run_dir, iteration, *inputs))
+
+
+def _tasks(config: AZRConfig, run_dir: RunDir, iteration: int, proposals_path: Path, buffer_path: Path) -> pd.DataFrame:
     proposals = read_rows(proposals_path)
     buffer = read_table(buffer_path)
     forced = config.is_forced(iteration)
-    rng = stage_rng(config.seed, iteration, "validate")
+    rng = VALIDATE.rng(config, iteration)
 
     inputs = {row["task_id"]: _inputs(row) for row in proposals}
     runnable = [row for row in proposals if row["parsed"] and inputs[row["task_id"]][1] is None]
@@ -121,5 +119,4 @@ def validate(config: AZRConfig, run_dir: RunDir, iteration: int) -> Path:
     rows = [_fits_solver(row, fits) for row in rows]
     accepted = pd.DataFrame([r for r in rows if r["accepted"]])
     rows += _topups(buffer, accepted, config, iteration, run_dir.name, rng)
-    return write_table(pd.DataFrame(rows), out, inputs=[proposals_path, buffer_path],
-                       schema=schemas.TASKS, config_hash=config.config_hash(), seconds=time.perf_counter() - started)
+    return pd.DataFrame(rows)

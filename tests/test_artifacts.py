@@ -9,6 +9,7 @@ import time
 import pandas as pd
 import pytest
 
+from azr.pipeline import BUFFER
 from azr.artifacts import (
     SCHEMA_VERSION,
     ArtifactError,
@@ -39,7 +40,7 @@ def test_roundtrip_and_manifest(tmp_path):
 
 def test_run_dir_layout(tmp_path):
     run = RunDir(tmp_path / "r1")
-    assert run.buffer_path(0) == tmp_path / "r1" / "buffer" / "iter-0000.parquet"
+    assert BUFFER.output(run, 0) == tmp_path / "r1" / "buffer" / "iter-0000.parquet"
     assert run.stage_file(12, "tasks.parquet") == tmp_path / "r1" / "iter-0012" / "tasks.parquet"
     assert run.checkpoint_dir(3) == tmp_path / "r1" / "iter-0003" / "checkpoint"
     run.stage_file(2, "x").parent.mkdir(parents=True)

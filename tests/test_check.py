@@ -7,7 +7,7 @@ import json
 import pandas as pd
 from typer.testing import CliRunner
 
-from azr.cli import app
+from cli.main import app
 
 PROGRAM = "def f(xs):\n    return xs[::-1]"
 ROWS = [

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from azr.artifacts import RunDir, read_table
 from azr.runs import iterations_done, list_runs, position, task_status, task_table
-from flows.cli import app
+from cli.main import app
 
 pytestmark = pytest.mark.slow  # runs azr end to end (tiny-random, Prefect, MLflow)
 

@@ -184,7 +184,7 @@ def test_config_hash_ignores_where_results_go():
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 def test_cli_validate_default_exits_0_and_bad_exits_2(tmp_path):

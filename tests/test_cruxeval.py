@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from azr.cli import app
+from cli.main import app
 from tests.test_sandbox import BACKENDS, open_backend
 
 ROOT = Path(__file__).resolve().parents[1]

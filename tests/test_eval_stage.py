@@ -7,9 +7,10 @@ from typer.testing import CliRunner
 
 from azr.artifacts import RunDir, read_manifest, read_table
 from azr.checkpoint import load_policy, meta_path, save_checkpoint
-from azr.cli import app
+from cli.main import app
 from azr.config import load_config
 from azr.tracking import RUN_ID_FILE, start_run
+from azr.pipeline import EVALUATE
 from stages.evaluate import evaluate_iteration, iteration_eval_metrics, should_evaluate
 from tests.conftest import SMOKE_CONFIG
 
@@ -43,7 +44,7 @@ def test_evaluate_iteration_uses_the_weights_after_that_iteration(tmp_path):
     config = eval_config(tmp_path)
     run = RunDir(tmp_path / "run")
     base = evaluate_iteration(config, run, 0)
-    assert base == run.eval_path(0)
+    assert base == EVALUATE.output(run, 0)
     frame = read_table(base)
     assert len(frame) == 9 and set(frame["task_type"]) == set(TYPES) and set(frame["set"]) == {"heldout"}
     assert set(frame["run"]) == {"run"} and set(frame["iteration"]) == {0}

@@ -28,6 +28,7 @@ import pandas as pd
 import pytest
 
 from azr.artifacts import RunDir, file_sha256, manifest_path, read_table
+from azr.pipeline import BUFFER, EVALUATE
 from tests.conftest import ROOT, SMOKE_CONFIG, azr_command, azr_env, run_azr
 
 pytestmark = pytest.mark.slow  # each runs azr end to end, several times
@@ -48,7 +49,7 @@ def assert_same_rows(run: RunDir, reference: RunDir) -> None:
             pd.testing.assert_frame_equal(without_timing(read_table(run.stage_file(iteration, name))),
                                           without_timing(read_table(reference.stage_file(iteration, name))),
                                           check_exact=True, obj=f"iter-{iteration:04d}/{name}")
-        pd.testing.assert_frame_equal(read_table(run.buffer_path(iteration)), read_table(reference.buffer_path(iteration)))
+        pd.testing.assert_frame_equal(read_table(BUFFER.output(run, iteration)), read_table(BUFFER.output(reference, iteration)))
         ours, theirs = run.checkpoint_dir(iteration), reference.checkpoint_dir(iteration)
         if (ours / "model.safetensors").exists() and (theirs / "model.safetensors").exists():
             assert file_sha256(ours / "model.safetensors") == file_sha256(theirs / "model.safetensors"), f"weights of {iteration}"
@@ -156,8 +157,8 @@ def done_before(run: RunDir, iteration: int, stage: str):
     previous = {
         "validate": run.stage_file(iteration, "proposals.parquet"), "solve": run.stage_file(iteration, "tasks.parquet"),
         "score": run.stage_file(iteration, "solutions.parquet"), "train": run.stage_file(iteration, "rewards.parquet"),
-        "update-buffer": run.stage_file(iteration, "train.json"), "evaluate": run.buffer_path(iteration),
-        "log-iteration": run.eval_path(iteration),
+        "update-buffer": run.stage_file(iteration, "train.json"), "evaluate": BUFFER.output(run, iteration),
+        "log-iteration": EVALUATE.output(run, iteration),
     }
     if stage in previous:
         return lambda: manifest_path(previous[stage]).exists()
@@ -309,7 +310,7 @@ def test_resume_names_damaged_files_and_recomputes_their_stages(smoke_run, tmp_p
     root = tmp_path / "runs" / "smoke"
     shutil.copytree(reference.root, root, ignore=shutil.ignore_patterns("mlflow_run_id"))
     run = RunDir(root)
-    for path in (run.stage_file(2, "train.json"), run.buffer_path(2), run.eval_path(2)):  # stopped before train(2)
+    for path in (run.stage_file(2, "train.json"), BUFFER.output(run, 2), EVALUATE.output(run, 2)):  # stopped before train(2)
         path.unlink()
         manifest_path(path).unlink()
     shutil.rmtree(run.checkpoint_dir(2))

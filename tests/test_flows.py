@@ -18,6 +18,7 @@ import pytest
 
 from azr.artifacts import RunDir, manifest_path, read_table
 from azr.runs import STEPS, step_output
+from azr.pipeline import BUFFER
 from tests.conftest import SMOKE_CONFIG, ROOT, azr_command, azr_env, run_azr
 
 pytestmark = pytest.mark.slow  # runs azr end to end (tiny-random, Prefect, MLflow)
@@ -28,9 +29,9 @@ PARQUET = ("proposals.parquet", "tasks.parquet", "solutions.parquet", "rewards.p
 def test_smoke_run_writes_every_artifact(smoke_run):
     result, root = smoke_run
     run = RunDir(root)
-    assert run.config_path.exists() and run.buffer_path(0).exists()
+    assert run.config_path.exists() and BUFFER.output(run, 0).exists()
     for iteration in (1, 2):
-        for step, _ in STEPS:
+        for step in STEPS:
             path = step_output(run, iteration, step)
             assert path.exists() and manifest_path(path).exists(), f"{path} missing"
         assert (run.checkpoint_dir(iteration) / "checkpoint.json").exists()
@@ -105,7 +106,7 @@ def test_killed_run_resumes_to_the_same_files(smoke_run, tmp_path):
                 _without_timing(read_table(reference.stage_file(iteration, name))),
                 check_exact=True, obj=f"iter-{iteration:04d}/{name}",
             )
-        pd.testing.assert_frame_equal(read_table(run.buffer_path(iteration)), read_table(reference.buffer_path(iteration)))
+        pd.testing.assert_frame_equal(read_table(BUFFER.output(run, iteration)), read_table(BUFFER.output(reference, iteration)))
     _assert_one_mlflow_run_logged_once(runs_dir, mlflow_run_id.strip())
 
 

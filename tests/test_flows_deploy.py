@@ -13,6 +13,7 @@ from prefect.client.schemas.filters import ArtifactFilter, FlowRunFilter, FlowRu
 from azr.artifacts import RunDir
 from azr.config import load_config
 from azr.runs import iterations_done
+from azr.pipeline import BUFFER
 from tests.conftest import ROOT, SMOKE_CONFIG, azr_command, azr_env, free_port, run_deployment_to_end
 
 pytestmark = pytest.mark.slow  # runs azr end to end (tiny-random, Prefect, MLflow)
@@ -144,7 +145,7 @@ def test_retry_from_the_ui_continues_the_failed_run(served):
     assert failed.state.message.startswith("NotADirectoryError: ")  # what failed, first
     # Nothing written outside the run: Prefect keeps a raised exception in its result storage.
     assert not (runs_dir / ".prefect" / "storage").exists()
-    seed = run.buffer_path(0)
+    seed = BUFFER.output(run, 0)
     seed_written = (seed.stat().st_mtime_ns, run.config_path.stat().st_mtime_ns)
     mlflow_run_id = (run.root / "mlflow_run_id").read_text()
 

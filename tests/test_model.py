@@ -10,7 +10,7 @@ import torch
 from tokenizers import normalizers
 from typer.testing import CliRunner
 
-from azr.cli import app
+from cli.main import app
 from azr.config import ModelConfig
 from azr.model import (
     PREPARED_MARKER,

@@ -7,6 +7,7 @@ import pytest
 
 from azr.artifacts import ArtifactError, RunDir, manifest_path, read_table, write_table
 from azr.config import load_config
+from azr.pipeline import BUFFER
 from stages.buffer import update_buffer
 from stages.propose import propose
 from stages.score import score
@@ -47,7 +48,7 @@ def iteration_one(tmp_path_factory):
 
 def test_seed_buffer_holds_identity_triplet_and_sandbox_outputs(iteration_one):
     _, run, _ = iteration_one
-    buffer = read_table(run.buffer_path(0))
+    buffer = read_table(BUFFER.output(run, 0))
     assert len(buffer) >= 13
     identity = buffer.iloc[0]
     assert identity["program"].strip() == "def f(a):\n    return a"
@@ -94,7 +95,7 @@ def test_buffer_update_adds_accepted_proposals_once(iteration_one):
     config, run, paths = iteration_one
     tasks = read_table(paths["validate"])
     new_buffer = read_table(update_buffer(config, run, 1))
-    old_buffer = read_table(run.buffer_path(0))
+    old_buffer = read_table(BUFFER.output(run, 0))
     added = new_buffer[new_buffer["origin_iteration"] == 1]
     proposed = tasks[tasks["accepted"] & (tasks["source"] == "proposed")]
     assert len(new_buffer) == len(old_buffer) + len(added)
@@ -141,8 +142,8 @@ def hand_written_proposals(run: RunDir, iteration: int, buffer: pd.DataFrame) ->
 def test_force_acceptance_before_and_after_threshold(tmp_path, iteration, threshold, forced):
     config = smoke_config(tmp_path, f"force_accept_threshold={threshold}", "tasks_per_iteration=5")
     run = setup_run(config, tmp_path)
-    buffer = read_table(run.buffer_path(0))
-    write_table(buffer, run.buffer_path(iteration - 1))
+    buffer = read_table(BUFFER.output(run, 0))
+    write_table(buffer, BUFFER.output(run, iteration - 1))
     hand_written_proposals(run, iteration, buffer)
     tasks = read_table(validate(config, run, iteration)).set_index("task_id")
     # ground-truth failures are rejected either way, with their reason
@@ -178,7 +179,7 @@ def test_missing_or_corrupt_stage_input_is_named(tmp_path):
     run = setup_run(config, tmp_path)
     with pytest.raises(ArtifactError, match="proposals.parquet: file not found"):
         validate(config, run, 1)
-    path = hand_written_proposals(run, 1, read_table(run.buffer_path(0)))
+    path = hand_written_proposals(run, 1, read_table(BUFFER.output(run, 0)))
     path.write_bytes(path.read_bytes()[:-20])
     with pytest.raises(ArtifactError, match="proposals.parquet: contents do not match its manifest"):
         validate(config, run, 1)
@@ -189,7 +190,7 @@ def test_proposer_prompts_drop_references_never_their_instructions(iteration_one
     from azr.data_construction import proposer_request
     from azr.seeding import stage_rng
 
-    buffer = read_table(run.buffer_path(0))
+    buffer = read_table(BUFFER.output(run, 0))
     config = config.model_copy(update={"buffer": config.buffer.model_copy(update={"references": 3})})
     prompt, refs, _ = proposer_request("deduction", buffer, config, stage_rng(0, 1, "t"),
                                        fits=lambda text: text.count("Reference task") <= 1)

@@ -11,6 +11,7 @@ from azr.artifacts import RunDir
 from azr.config import AZRConfig, load_config
 from azr.runs import iteration_metrics
 from azr.tracking import flatten, tracking_uri, ui_command
+from azr.pipeline import EVALUATE
 from tests.conftest import ROOT
 
 
@@ -104,7 +105,7 @@ def test_held_out_evaluation_is_logged_before_training_and_after_each_iteration(
         history = {m.step: m.value for m in client.get_metric_history(mlflow_run.info.run_id, key)}
         assert sorted(history) == [0, 1, 2], key
         for step, value in history.items():
-            frame = pd.read_parquet(run.eval_path(step))
+            frame = pd.read_parquet(EVALUATE.output(run, step))
             assert value == pytest.approx(eval_metrics(frame)[key])
 
 
@@ -118,7 +119,7 @@ def _readme_metric_names(task_types: list[str]) -> set[str]:
     names |= {f"proposals/{t}" for t in task_types} | {f"solve_rate/{t}" for t in task_types}
     names |= {f"tasks/rejected/{r}" for r in REJECTION_REASONS}
     names |= {f"reward/{role}/{c}" for role in REWARD_ROLES for c in REWARD_COMPONENTS}
-    names |= {f"train/{m}" for m in TRAIN_METRICS} | {f"seconds/{step}" for step, _ in STEPS}
+    names |= {f"train/{m}" for m in TRAIN_METRICS} | {f"seconds/{step}" for step in STEPS}
     names |= {f"eval/heldout/{t}/pass_at_1" for t in task_types}
     return names
 

@@ -205,7 +205,7 @@ def test_azr_model_export_writes_a_plain_model_of_a_lora_run(tmp_path):
     train(config, run_dir, 1)
 
     out = tmp_path / "exported"
-    cli = [sys.executable, "-m", "flows.cli", "model", "export", str(run_dir.root)]
+    cli = [sys.executable, "-m", "cli.main", "model", "export", str(run_dir.root)]
     result = subprocess.run([*cli, "--iteration", "1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     plain = AutoModelForCausalLM.from_pretrained(out).eval()

@@ -16,7 +16,8 @@ import torch
 from azr import prompts, rl
 from azr.config import build_config
 from azr.formats import Field, format_for
-from azr.generation import HFBackend, generate, logprob_temperature, open_backend
+from azr.backends import open_backend
+from azr.generation import HFBackend, generate, logprob_temperature
 from azr.model import load_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.vllm]

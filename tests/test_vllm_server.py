@@ -17,7 +17,8 @@ import torch
 from azr import prompts
 from azr.config import build_config
 from azr.formats import format_for
-from azr.generation import generate, open_backend
+from azr.backends import open_backend
+from azr.generation import generate
 from azr.model import load_model, prepare_model
 from tests.conftest import ROOT
 from tests.test_vllm_backend import assert_logprobs_are_the_training_pass

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from azr.literals import parse_arguments, parse_literal
-from azr.sandbox.client import CheckResult, ValidationResult
+from azr.sandbox.results import CheckResult, ValidationResult
 from azr.sandbox.safety import check_expression, check_program, could_escape, program_status
 
 if TYPE_CHECKING:

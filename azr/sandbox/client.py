@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from azr.config import ExecutorConfig
+from azr.sandbox.results import CheckResult, ValidationResult  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -50,27 +51,6 @@ def sandbox_uid() -> int:
 
 class SandboxError(RuntimeError):
     """The sandbox cannot run at all (no daemon, no image, a worker that never starts)."""
-
-
-@dataclass(frozen=True)
-class ValidationResult:
-    """One validated proposal: status ``ok`` or the failure; ``outputs`` holds one gold repr per input."""
-
-    status: str
-    program: str
-    outputs: list[str] = field(default_factory=list)
-    error: str | None = None
-    seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """One checked answer; ``status`` says whether the check ran (``ok``) or why it could not."""
-
-    correct: bool
-    status: str
-    error: str | None = None
-    seconds: float = 0.0
 
 
 class Worker(Protocol):

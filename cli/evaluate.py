@@ -1,6 +1,4 @@
 """`azr eval` (a model on a benchmark) and `azr compare` (two runs' metrics side by side).
-
-Registered on the `azr` app by importing this module from `azr.cli`.
 """
 
 from __future__ import annotations
@@ -15,15 +13,13 @@ from rich.console import Console
 from rich.progress import MofNCompleteColumn, Progress
 from rich.table import Column, Table
 
-from azr.cli import ConfigOption, SetOption, app, console, err_console, resolve_config
+from cli.common import ConfigOption, SetOption, console, fail, resolve_config
 from azr.config import AZRConfig, ConfigError, load_config
 
 LOWER_IS_BETTER = ("loss", "seconds", "kl", "grad_norm", "memory")  # metric names where best = min
 
 
-def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[red]error:[/red] {message}", markup=True, highlight=False)
-    raise typer.Exit(code)
+commands = typer.Typer()  # wired into `azr` by cli/main.py
 
 
 def _is_run_dir(path: Path) -> bool:
@@ -46,7 +42,7 @@ def _load_eval_policy(model: Optional[str], iteration: Optional[int], config: Op
         loaded, tokenizer = load_policy(cfg.model, checkpoint)
         return loaded, tokenizer, cfg, run.name, iteration, str(checkpoint or f"base model {cfg.model.name_or_path}")
     if iteration is not None:
-        _fail("--iteration needs --model to be a run directory (one with config.yaml)")
+        fail("--iteration needs --model to be a run directory (one with config.yaml)")
     if path is not None and meta_path(path).is_file():  # a checkpoint directory of a run
         cfg = resolve_config(config, overrides)
         loaded, tokenizer = load_policy(cfg.model, path)
@@ -56,7 +52,7 @@ def _load_eval_policy(model: Optional[str], iteration: Optional[int], config: Op
     return loaded, tokenizer, cfg, "", 0, cfg.model.name_or_path
 
 
-@app.command("eval")
+@commands.command("eval")
 def eval_command(
     mode: Annotated[str, typer.Option("--mode", help="A task type: deduction (output prediction), abduction (input prediction), induction, or one registered in azr.task_types.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write, one row per answer.")],
@@ -86,7 +82,7 @@ def eval_command(
                                    progress=lambda label, done, total: bar.update(task, description=label,
                                                                                   completed=done, total=total))
     except (BenchmarkError, ConfigError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     write_table(frame, out, schema=EVAL, config_hash=cfg.config_hash())
     metrics = eval_metrics(frame, cfg.eval.pass_k)
     table = Table("metric", "value", title=f"{frame['task_id'].nunique()} problems, {cfg.eval.samples} answer(s) each")
@@ -105,7 +101,7 @@ def _run_metrics(run_path: Path) -> tuple[str, dict[str, list[tuple[int, float]]
 
     id_file = run_path / RUN_ID_FILE
     if not id_file.is_file():
-        _fail(f"{run_path}: no {RUN_ID_FILE} file; is it a run directory that logged to MLflow?")
+        fail(f"{run_path}: no {RUN_ID_FILE} file; is it a run directory that logged to MLflow?")
     try:
         cfg = load_config(run_path / "config.yaml")
     except ConfigError:
@@ -116,7 +112,7 @@ def _run_metrics(run_path: Path) -> tuple[str, dict[str, list[tuple[int, float]]
         keys = client.get_run(run_id).data.metrics
         history = {key: [(m.step, m.value) for m in client.get_metric_history(run_id, key)] for key in keys}
     except MlflowException as exc:
-        _fail(f"{run_path}: cannot read MLflow run {run_id}: {exc}")
+        fail(f"{run_path}: cannot read MLflow run {run_id}: {exc}")
     return run_id, history
 
 
@@ -143,7 +139,7 @@ def _evaluation(path: Path):
     try:
         return read_table(path, verify=False)
     except ArtifactError as exc:
-        _fail(f"{path}: neither a run directory nor an evaluation Parquet file ({exc})")
+        fail(f"{path}: neither a run directory nor an evaluation Parquet file ({exc})")
 
 
 def _paired_table(a, b, name_a: str, name_b: str) -> Table:
@@ -152,7 +148,7 @@ def _paired_table(a, b, name_a: str, name_b: str) -> Table:
     try:
         rows = paired_comparison(a, b)
     except BenchmarkError as exc:
-        _fail(str(exc), code=1)
+        fail(str(exc), code=1)
     table = Table(*(Column(title, no_wrap=True) for title in ("set", "mode", "n", "A", "B", "B - A", "only A/B", "p", "test")),
                   title=f"pass@1 paired by problem: A = {name_a}, B = {name_b}", box=box.SIMPLE_HEAD, padding=(0, 1))
     for r in rows:
@@ -161,7 +157,7 @@ def _paired_table(a, b, name_a: str, name_b: str) -> Table:
     return table
 
 
-@app.command("compare")
+@commands.command("compare")
 def compare_command(
     run_a: Annotated[Path, typer.Argument(help="First run directory, or an evaluation Parquet file (azr eval --out).")],
     run_b: Annotated[Path, typer.Argument(help="Second run directory, or an evaluation Parquet file.")],
@@ -175,7 +171,7 @@ def compare_command(
         _, metrics_b = _run_metrics(run_b)
         keys = sorted(k for k in set(metrics_a) | set(metrics_b) if k.startswith(prefix))
         if not keys:
-            _fail(f"neither run has a metric starting with {prefix!r} (eval metrics need eval.every > 0)", code=1)
+            fail(f"neither run has a metric starting with {prefix!r} (eval metrics need eval.every > 0)", code=1)
         table = Table(Column("metric", min_width=max(map(len, keys))), "A final", "A best", "B final", "B best", "B - A",
                       title=f"A = {run_a.name}, B = {run_b.name}", box=box.SIMPLE_HEAD)
         for key in keys:

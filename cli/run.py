@@ -1,6 +1,5 @@
-"""The `azr` console script: library commands from `azr.cli` plus the run-level commands.
-
-run, resume, serve, runs, tasks, train-node. Prefect is imported inside the commands, after
+"""The run-level `azr` commands: run, resume, serve, runs, tasks, train-node.
+ Prefect is imported inside the commands, after
 `prepare_environment` has set PREFECT_HOME and the offline defaults (Prefect reads its settings
 at import).
 """
@@ -29,7 +28,7 @@ from rich.text import Text
 from azr import reaper
 from azr import runs as run_info
 from azr.artifacts import RunDir
-from azr.cli import ConfigOption, SetOption, app, console, err_console, resolve_config
+from cli.common import ConfigOption, SetOption, console, err_console, fail, resolve_config
 from azr import task_types as registry
 from azr.config import AZRConfig, ConfigError, load_config
 from azr.summary import SUMMARY_COLUMNS, summary_row
@@ -37,7 +36,7 @@ from azr.summary import fmt as _fmt
 from azr.tracking import run_link, ui_command
 from flows.prefect_env import prepare_environment
 
-__all__ = ["app"]
+commands = typer.Typer()  # wired into `azr` by cli/main.py
 
 DEFAULT_API_URL = "http://127.0.0.1:4200/api"
 PROJECT_DIR = str(Path(__file__).resolve().parents[1])
@@ -46,17 +45,12 @@ RunsDirOption = Annotated[
 ]
 
 
-def _fail(message: str, code: int = 2) -> typer.Exit:
-    err_console.print(Text.assemble(("error: ", "red"), message))
-    return typer.Exit(code)
-
-
 class RunView:
     """The live progress bar of `azr run` on a terminal, read from the run directory's manifests."""
 
     def __init__(self, run: RunDir, num_iterations: int) -> None:
         self.run, self.num_iterations, self.started = run, num_iterations, time.monotonic()
-        self.steps = [step for step, _ in run_info.STEPS]
+        self.steps = list(run_info.STEPS)
 
     def status(self) -> tuple[int, str]:
         """Steps done so far, and a line saying where the run is."""
@@ -194,7 +188,7 @@ def _execute(config: AZRConfig) -> None:
     _print_where_to_look(config, run)
 
 
-@app.command("run")
+@commands.command("run")
 def run_command(
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -209,14 +203,14 @@ def run_command(
 
     name = run_name or cfg.orchestration.run_name or default_run_name(datetime.now())
     if Path(name).name != name or name in ("", ".", ".."):
-        raise _fail(f"--run-name {name!r}: must be a plain directory name")
+        fail(f"--run-name {name!r}: must be a plain directory name")
     if (root_dir / name / "config.yaml").exists():
-        raise _fail(f"{root_dir / name} already holds a run; continue it with `azr resume {root_dir / name}` "
+        fail(f"{root_dir / name} already holds a run; continue it with `azr resume {root_dir / name}` "
                     "or choose another --run-name")
     _execute(with_location(cfg, root_dir, name))
 
 
-@app.command("resume")
+@commands.command("resume")
 def resume_command(
     run_dir: Annotated[Path, typer.Argument(help="The run directory to continue (holds config.yaml).")],
 ) -> None:
@@ -225,18 +219,18 @@ def resume_command(
     try:
         cfg = load_config(RunDir(run_dir).config_path)
     except ConfigError as exc:
-        raise _fail(f"{run_dir}: not a resumable run directory: {exc}") from None
+        fail(f"{run_dir}: not a resumable run directory: {exc}")
     prepare_environment(run_dir.parent)
     from flows.training import with_location
 
     _execute(with_location(cfg, run_dir.parent, run_dir.name))
 
 
-@app.command("runs")
+@commands.command("runs")
 def runs_command(runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Parent directory of run directories.")] = Path("runs")) -> None:
     """List runs with their status, iterations done and key metrics of the last iteration."""
     if not runs_dir.is_dir():
-        raise _fail(f"--runs-dir {runs_dir}: no such directory")
+        fail(f"--runs-dir {runs_dir}: no such directory")
     table = Table(title=f"runs in {runs_dir}", box=box.SIMPLE_HEAD, padding=(0, 1), show_edge=False, collapse_padding=True)
     table.add_column("run", overflow="fold")
     for title in ("status", "iterations", "next", "valid", "solved", "R solve", "loss"):  # metrics: KEY_METRICS
@@ -306,7 +300,7 @@ def _print_solutions(solutions: list[dict[str, Any]], rewards: dict[int, dict[st
         console.print(Text(s["response"]))
 
 
-@app.command("tasks")
+@commands.command("tasks")
 def tasks_command(
     run_dir: Annotated[Path, typer.Argument(help="The run directory.")],
     iteration: Annotated[Optional[int], typer.Option("--iteration", "-i", help="Only this iteration.")] = None,
@@ -318,15 +312,15 @@ def tasks_command(
     """List a run's tasks as a table, or print one task whole with --show TASK_ID."""
     run = RunDir(run_dir)
     if not run.config_path.exists():
-        raise _fail(f"{run_dir}: not a run directory (no config.yaml)")
+        fail(f"{run_dir}: not a run directory (no config.yaml)")
     if task_type is not None and task_type not in registry.names():
-        raise _fail(f"--type {task_type!r}: expected one of {', '.join(registry.names())}")
+        fail(f"--type {task_type!r}: expected one of {', '.join(registry.names())}")
     if status is not None and status not in run_info.TASK_STATUSES:
-        raise _fail(f"--status {status!r}: expected one of {', '.join(run_info.TASK_STATUSES)}")
+        fail(f"--status {status!r}: expected one of {', '.join(run_info.TASK_STATUSES)}")
     if show is not None:
         found = run_info.task_detail(run, show, iteration=iteration)
         if not found:
-            raise _fail(f"--show {show!r}: no such task in {run_dir}", code=1)
+            fail(f"--show {show!r}: no such task in {run_dir}", code=1)
         _show_task(found)
         return
     frame = run_info.task_table(run, iteration=iteration, task_type=task_type, status=status)
@@ -341,11 +335,11 @@ def _check_server(api_url: str) -> None:
     try:
         httpx.get(f"{api_url.rstrip('/')}/health", timeout=5).raise_for_status()
     except httpx.HTTPError as exc:
-        raise _fail(f"no Prefect server answers at {api_url} ({exc}); start one with `prefect server start` "
-                    "or pass --api-url") from None
+        fail(f"no Prefect server answers at {api_url} ({exc}); start one with `prefect server start` "
+                    "or pass --api-url")
 
 
-@app.command("serve")
+@commands.command("serve")
 def serve_command(
     config: ConfigOption = None,
     set_: SetOption = None,
@@ -373,7 +367,7 @@ def serve_command(
     serve_deployment(cfg, name)
 
 
-@app.command("train-node")
+@commands.command("train-node")
 def train_node_command(
     run_dir: Annotated[Path, typer.Argument(help="The run directory, on storage this machine shares with the flow's.")],
     launches: Annotated[Optional[int], typer.Option("--launches", min=1, help="Stop after this many train stages [default: never].")] = None,
@@ -388,10 +382,7 @@ def train_node_command(
 
     run = RunDir(run_dir.expanduser().resolve())
     if not run.root.is_dir():
-        raise _fail(f"{run.root}: no such run directory (is the shared storage mounted here?)")
+        fail(f"{run.root}: no such run directory (is the shared storage mounted here?)")
     console.print(f"waiting for the train stages of {run.root}")
     serve_node(run, launches=launches, log=console.print)
 
-
-if __name__ == "__main__":
-    app()

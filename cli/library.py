@@ -1,8 +1,4 @@
-"""Library-level `azr` commands (config, sandbox, model, validate, check, score).
-
-The console script is `flows.cli:app`, which adds the run-level commands on top of this app,
-so that `azr` never imports `stages` or `flows`.
-"""
+"""Library-level `azr` commands: config, model, report. They import no stage and no flow."""
 
 from __future__ import annotations
 
@@ -13,28 +9,12 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from azr.config import AZRConfig, ConfigError, commented_yaml, dump_config, load_config
+from azr.config import commented_yaml, dump_config
+from cli.common import ConfigOption, SetOption, console, fail, resolve_config
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Absolute Zero Reasoner self-play.")
+commands = typer.Typer()  # wired into `azr` by cli/main.py
 config_app = typer.Typer(no_args_is_help=True, help="Show and validate run configs.")
-app.add_typer(config_app, name="config")
-
-console = Console()
-err_console = Console(stderr=True)
-
-ConfigOption = Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML run config.")]
-SetOption = Annotated[
-    Optional[list[str]], typer.Option("--set", "-s", help="Override a key: key.path=value (repeatable).")
-]
-
-
-def resolve_config(config: Optional[Path], overrides: Optional[list[str]]) -> AZRConfig:
-    """Load the config for a command, or print what is wrong and exit 2."""
-    try:
-        return load_config(config, overrides or [])
-    except ConfigError as exc:
-        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(2) from None
+commands.add_typer(config_app, name="config")
 
 
 @config_app.command("show")
@@ -65,7 +45,7 @@ def config_validate(
 
 
 model_app = typer.Typer(no_args_is_help=True, help="Prepare policy models.")
-app.add_typer(model_app, name="model")
+commands.add_typer(model_app, name="model")
 
 
 @model_app.command("prepare")
@@ -81,8 +61,7 @@ def model_prepare(
     try:
         path = prepare_model(name or cfg.model.name_or_path, cfg.model.cache_dir)
     except (ModelNotFoundError, RuntimeError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(1) from None
+        fail(exc, code=1)
     typer.echo(str(path))
 
 
@@ -101,18 +80,16 @@ def model_export(
     checkpoint = run_dir.checkpoint_dir(iteration)
     if not meta_path(checkpoint).exists():
         have = [i for i in run_dir.iterations() if meta_path(run_dir.checkpoint_dir(i)).exists()]
-        err_console.print(f"[red]error:[/red] {run} has no checkpoint for iteration {iteration} "
-                          f"(checkpoints: {', '.join(map(str, have)) or 'none'})", markup=True, highlight=False)
-        raise typer.Exit(1)
+        fail(f"{run} has no checkpoint for iteration {iteration} (checkpoints: {', '.join(map(str, have)) or 'none'})",
+             code=1)
     try:
         export_model(checkpoint, cfg.model, out)
     except (ArtifactError, ValueError) as exc:
-        err_console.print(f"[red]error:[/red] {exc}", markup=True, highlight=False)
-        raise typer.Exit(1) from None
+        fail(exc, code=1)
     typer.echo(str(out))
 
 
-@app.command("report")
+@commands.command("report")
 def report_command(
     run: Annotated[Path, typer.Argument(help="Run directory (runs/<name>).")],
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Picture to write [default: RUN/report.png].")] = None,
@@ -129,8 +106,7 @@ def report_command(
     resolve_config(run_dir.config_path, [])  # a clear error when RUN is not a run directory
     frame = report_frame(run_dir)
     if frame.empty:
-        err_console.print(f"[red]error:[/red] {run} has no finished iteration yet", markup=True, highlight=False)
-        raise typer.Exit(1)
+        fail(f"{run} has no finished iteration yet", code=1)
     rows = summary_rows(frame)
     table = Table(title=f"run {run_dir.name}: v = valid proposals, R = mean reward, A!=0 = share of non-zero "
                   "advantages (p propose, s solve), e = held-out pass@1", box=box.SIMPLE_HEAD, padding=(0, 1),
@@ -145,5 +121,3 @@ def report_command(
     console.print(f"wrote {path}", highlight=False)
 
 
-import azr.eval_cli  # noqa: E402,F401  registers `azr eval` and `azr compare` on app
-import azr.sandbox.cli  # noqa: E402,F401  registers `azr validate`, `azr check`, `azr score cruxeval` and `azr sandbox build` on app
