@@ -24,7 +24,7 @@ import contextlib
 import math
 import re
 import resource
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,7 +304,7 @@ def without_dropout(model: torch.nn.Module) -> None:
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler,
                samples: Sequence[Sample], cfg: TrainingConfig, reference: torch.nn.Module | None = None,
                use_recorded_logprobs: bool = True, temperature: float = 1.0,
-               ranks: Ranks | None = None) -> dict[str, float]:
+               ranks: Ranks | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, float]:
     """One policy update over all `samples`; returns the metrics train.json reports.
 
     `reference` is the initial model for the KL term when `cfg.kl_coef > 0` (not needed for LoRA,
@@ -314,6 +314,7 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     `temperature` is the one the samples were drawn (and their log-probs recorded) at.
     With `ranks` (a torchrun rank), every rank passes the whole batch and trains on its share of it;
     the token weights, gradients and metrics are the whole batch's (see azr/distributed.py).
+    `progress(micro-batches done, micro-batches in all)` is called after each backward pass.
     """
     total_tokens = sum(sum(s.trained()) for s in samples)
     if total_tokens == 0:
@@ -326,7 +327,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
     precision = training_precision(cfg)
     without_dropout(model)
     optimizer.zero_grad(set_to_none=True)
-    for chunk, shared in _rank_micro_batches(samples, cfg.micro_batch_size, ranks):
+    chunks = _rank_micro_batches(samples, cfg.micro_batch_size, ranks)
+    for number, (chunk, shared) in enumerate(chunks, 1):
         idle = not chunk  # under FSDP a rank out of samples still takes part in each pass, with no tokens
         chunk = chunk or [0]
         make = collate_shared if shared else collate
@@ -351,6 +353,8 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
         sums["pg_loss"] += pg[mask].sum().item()
         sums["entropy"] += entropy[mask].sum().item()
         sums["clip_fraction"] += clipped[mask].sum().item()
+        if progress is not None:
+            progress(number, len(chunks))  # micro-batches done, of all
 
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if ranks is not None:

@@ -25,7 +25,7 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from azr import reaper
+from azr import meter, reaper
 from azr import runs as run_info
 from azr.artifacts import RunDir
 from cli.common import ConfigOption, SetOption, console, err_console, fail, resolve_config
@@ -65,7 +65,10 @@ class RunView:
 
     def __rich__(self) -> Group:
         done, line = self.status()
-        return Group(ProgressBar(total=self.num_iterations * len(self.steps), completed=done, width=60), Text(line))
+        lines = [ProgressBar(total=self.num_iterations * len(self.steps), completed=done, width=60), Text(line)]
+        if meter.latest():  # inside the stage: tokens, fields, programs or micro-batches so far
+            lines.append(Text(meter.latest(), style="dim"))
+        return Group(*lines)
 
 
 class ConsoleLines(logging.Handler):

@@ -12,6 +12,7 @@ from azr.artifacts import RunDir
 from azr.checkpoint import latest_checkpoint, load_policy, meta_path
 from azr.config import AZRConfig
 from azr.formats import AnswerFormat
+from azr.meter import Meter
 from azr.backends import open_backend
 from azr.generation import Generation, generate
 
@@ -33,12 +34,12 @@ def prompt_fits(config: AZRConfig, tokenizer) -> "Callable[[str], bool]":
 
 
 def generate_batch(config: AZRConfig, policy, user_prompts: list[str], formats: Sequence[AnswerFormat],
-                   seed: int) -> tuple[list[str], list[Generation]]:
+                   seed: int, meter: Meter | None = None) -> tuple[list[str], list[Generation]]:
     """Render each prompt with the chat template and let the policy answer it in its format."""
     model, tokenizer = policy
     rendered = [prompts.render_chat(tokenizer, p) for p in user_prompts]
     return rendered, generate(open_backend(config, model, tokenizer), tokenizer, rendered, formats,
-                              config.sampling, seed=seed)
+                              config.sampling, seed=seed, progress=meter.generation_callback() if meter else None)
 
 
 def generation_columns(rendered: str, generation: Generation) -> dict:

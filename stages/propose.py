@@ -11,6 +11,7 @@ from azr import task_types
 from azr.artifacts import RunDir, read_table
 from azr.config import AZRConfig
 from azr.data_construction import proposer_request
+from azr.meter import Meter
 from azr.pipeline import PROPOSE, run_stage
 from azr.formats import format_for, program_arity
 from stages.common import generate_batch, generation_columns, iteration_policy, policy_inputs, prompt_fits
@@ -32,8 +33,10 @@ def _proposals(config: AZRConfig, run_dir: RunDir, iteration: int) -> pd.DataFra
     requests = [proposer_request(str(t), buffer, config, rng, fits) for t in types]
     formats = [format_for(config, "propose", str(t), program_arity(program) if program else None)
                for t, (_, _, program) in zip(types, requests)]
+    meter = Meter(PROPOSE.name, iteration, len(requests), "fields")
     rendered, generations = generate_batch(config, policy, [r[0] for r in requests], formats,
-                                           PROPOSE.seed(config, iteration))
+                                           PROPOSE.seed(config, iteration), meter)
+    meter.finish()
     strict = not config.is_forced(iteration)
     n_inputs = config.validation.induction_num_inputs
     rows = []

@@ -9,6 +9,7 @@ import pandas as pd
 
 from azr.artifacts import RunDir, read_rows
 from azr.config import AZRConfig
+from azr.meter import Meter
 from azr.pipeline import SOLVE, run_stage
 from azr.sandbox import open_sandbox
 from azr.solving import answer_problems
@@ -26,10 +27,13 @@ def _solutions(config: AZRConfig, run_dir: RunDir, iteration: int, tasks_path: P
     accepted = [task for task in read_rows(tasks_path) if task["accepted"]]
     if not accepted:
         raise ValueError(f"{tasks_path}: no accepted task to solve (the buffer top-up should prevent this)")
+    meter = Meter(SOLVE.name, iteration, len(accepted) * config.rewards.n_samples, "fields")
     with open_sandbox(config.executor) as sandbox:
         answers = answer_problems(config, iteration_policy(config, run_dir, iteration), sandbox, accepted,
                                   samples=config.rewards.n_samples, sampling=config.sampling,
-                                  seed=SOLVE.seed(config, iteration), strict=not config.is_forced(iteration))
+                                  seed=SOLVE.seed(config, iteration), strict=not config.is_forced(iteration),
+                                  progress=meter.generation_callback())
+    meter.finish()
     seconds = time.perf_counter() - started
     rows = [
         {

@@ -29,6 +29,7 @@ from azr.checkpoint import (latest_checkpoint, load_policy, load_training_state,
                             prune_checkpoints, save_checkpoint, set_rng_state, rng_state)
 from azr.config import AZRConfig
 from azr.distributed import Ranks
+from azr.meter import Meter
 from azr.pipeline import TRAIN
 from azr.generation import logprob_temperature
 from azr.model import generation_dtype, load_model
@@ -104,9 +105,11 @@ def update(config: AZRConfig, run_dir: RunDir, iteration: int, ranks: Ranks | No
         rl.reset_peak_memory()
         start = time.perf_counter()
         same_dtype = generation_dtype(config.model) == getattr(torch, config.model.dtype)
+        meter = Meter(TRAIN.name, iteration, 0, "micro-batches")
         metrics = rl.train_step(model, optimizer, scheduler, samples, config.training, reference,
                                 use_recorded_logprobs=same_dtype, temperature=logprob_temperature(config.sampling),
-                                ranks=ranks)
+                                ranks=ranks, progress=meter.micro_batch_callback())
+        meter.finish()
         seconds = time.perf_counter() - start
         peak = ranks.max(rl.peak_memory_mb()) if ranks else rl.peak_memory_mb()
         metrics.update(train_seconds=seconds, tokens_per_second=metrics["tokens"] / seconds,

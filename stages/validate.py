@@ -14,6 +14,7 @@ from azr.config import AZRConfig
 from azr.data_construction import quality_reason, topup_candidates
 from azr.dedup import TaskIndex
 from azr.model import load_tokenizer
+from azr.meter import Meter
 from azr.pipeline import VALIDATE, run_stage
 from azr.prompts import fits_prompt
 from azr.task_types import distinct_inputs
@@ -110,8 +111,11 @@ def _tasks(config: AZRConfig, run_dir: RunDir, iteration: int, proposals_path: P
 
     inputs = {row["task_id"]: _inputs(row) for row in proposals}
     runnable = [row for row in proposals if row["parsed"] and inputs[row["task_id"]][1] is None]
+    meter = Meter(VALIDATE.name, iteration, len(runnable), "programs")
     with open_sandbox(config.executor) as sandbox:
         results = sandbox.validate([(row["program"], inputs[row["task_id"]][0]) for row in runnable])
+    meter.advance(done=len(results))
+    meter.finish()
     by_id = {row["task_id"]: result for row, result in zip(runnable, results)}
     index = TaskIndex(buffer.to_dict("records"))
     rows = [_judge(row, inputs[row["task_id"]], by_id.get(row["task_id"]), index, config, forced, rng) for row in proposals]
