@@ -370,6 +370,39 @@ def serve_command(
     serve_deployment(cfg, name)
 
 
+@commands.command("deploy")
+def deploy_command(
+    pool: Annotated[str, typer.Option("--pool", help="Prefect work pool (created as a process pool if missing).")],
+    config: ConfigOption = None,
+    set_: SetOption = None,
+    runs_dir: RunsDirOption = None,
+    name: Annotated[str, typer.Option("--name", help="Deployment name.")] = "azr",
+    api_url: Annotated[Optional[str], typer.Option("--api-url", help=f"Prefect server API [default: $PREFECT_API_URL or {DEFAULT_API_URL}].")] = None,
+) -> None:
+    """Register the training flow with a work pool: a worker (`prefect worker start --pool NAME`) runs what the UI starts.
+
+    As with serve, the config is the form's default and every run gets its own directory. The worker's
+    machine needs azr installed, the runs directory at the same path (shared storage) and, across
+    machines, an MLflow tracking server (tracking.mlflow_tracking_uri); a run refuses to start on a
+    worker that cannot see the runs directory.
+    """
+    cfg = resolve_config(config, set_)
+    root_dir = (runs_dir or Path(cfg.orchestration.runs_dir)).expanduser().resolve()
+    api_url = api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API_URL
+    _check_server(api_url)
+    root_dir.mkdir(parents=True, exist_ok=True)  # it exists where the deployment is made; workers must see it
+    prepare_environment(root_dir, api_url=api_url, quiet=False)
+    from flows.deploy import deploy_to_pool
+    from flows.training import with_location
+
+    cfg = with_location(cfg, root_dir)
+    cfg = cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(update={"run_name": None})})
+    deployment_id = deploy_to_pool(cfg, pool, name)
+    console.print(f"deployment azr-run/{name} ({deployment_id}) is in work pool {pool} on {api_url}", soft_wrap=True)
+    console.print(f"start a worker where the runs should execute: PREFECT_API_URL={api_url} prefect worker start --pool {pool}",
+                  soft_wrap=True)
+
+
 @commands.command("train-node")
 def train_node_command(
     run_dir: Annotated[Path, typer.Argument(help="The run directory, on storage this machine shares with the flow's.")],

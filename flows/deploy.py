@@ -1,9 +1,13 @@
-"""`azr serve`: the training flow as a Prefect deployment, with the whole config as its parameter.
+"""`azr serve` and `azr deploy`: the training flow as a Prefect deployment, the whole config its parameter.
 
 The parameter is `AZRConfig` itself, so the Prefect UI's "Run" form is built from the config's
 titles, descriptions and bounds, and the server refuses a run whose config breaks them (naming the
 field). A run may pass only part of a config: the flow merges it over the served one
-(`flows.training.resolve_config`). This process then executes the runs the UI or the API creates.
+(`flows.training.resolve_config`). `azr serve` executes the runs the UI or the API creates in its own
+process; `azr deploy --pool NAME` registers the deployment with a work pool instead, and a worker
+(`prefect worker start --pool NAME`) on another machine picks the runs up. The deployment's entrypoint
+is the module path `flows.training.training_run`, so a worker needs azr installed (the same version),
+the runs directory at the same path (shared storage) and the MLflow tracking URI reachable.
 Import after `flows.prefect_env.prepare_environment`.
 """
 
@@ -41,6 +45,20 @@ def build_deployment(config: AZRConfig, name: str = DEPLOYMENT_NAME) -> RunnerDe
         enforce_parameter_schema=True,
         entrypoint_type=EntrypointType.MODULE_PATH,  # found by import, whatever the working directory
     )
+
+
+def deploy_to_pool(config: AZRConfig, pool: str, name: str = DEPLOYMENT_NAME) -> str:
+    """Register the deployment with work pool ``pool`` (created as a process pool if missing); its id."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(pool)
+        except ObjectNotFound:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+    return str(build_deployment(config, name).apply(work_pool_name=pool))
 
 
 def serve_deployment(config: AZRConfig, name: str = DEPLOYMENT_NAME, limit: int = 1) -> None:

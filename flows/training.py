@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,21 @@ def _refuse(exc: ConfigError) -> State:
     return Failed(message=message)
 
 
+def _unseen_runs_dir(config: AZRConfig) -> str | None:
+    """Why a deployment's run cannot start here: its runs directory is not on this machine.
+
+    `azr serve` and `azr deploy` create the runs directory where the deployment is made; a worker
+    elsewhere must see the same directory (shared storage). Creating it on the worker would split
+    the run's files across machines, so the run stops before any stage instead."""
+    from prefect.runtime import deployment
+
+    runs_dir = Path(config.orchestration.runs_dir).expanduser()
+    if deployment.id and not runs_dir.is_dir():
+        return (f"orchestration.runs_dir {runs_dir} is not visible on this worker ({socket.gethostname()}): mount the "
+                "shared storage that holds it at the same path (config refused; no stage ran)")
+    return None
+
+
 def _announce(config: AZRConfig, run: RunDir) -> None:
     backend, why = choose_backend(config.executor)
     progress.info(f"run {run.name} in {run.root}")
@@ -291,6 +307,10 @@ def training_run(config: AZRConfig = AZRConfig()) -> str | State:
         config = resolve_config(config)
     except ConfigError as exc:
         return _refuse(exc)
+    unseen = _unseen_runs_dir(config)
+    if unseen:
+        progress.error(unseen)
+        return Failed(message=unseen)
     try:
         run = setup_task(config, Path(config.orchestration.runs_dir).expanduser().resolve())
         start_tracking_task(config, run, flow_run.get_id())
