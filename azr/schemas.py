@@ -57,3 +57,19 @@ EVAL = pa.schema(KEYS + [
     ("parse_reason", STR), ("answer", STR), ("correct", BOOL), ("check_status", STR),
     ("check_error", STR), ("gold", STR), ("eval_seconds", FLOAT),
 ])
+
+
+def row(schema: pa.Schema, values: dict, later: tuple[str, ...] = ()) -> dict:
+    """``values`` as a row of ``schema``'s file, checked where the row is made: exactly the schema's
+    columns (but ``later``, which the stage adds to the whole table afterwards), or a ValueError
+    that names the missing and the unknown ones."""
+    expected = set(schema.names) - set(later)
+    if values.keys() != expected:
+        missing, unknown = sorted(expected - values.keys()), sorted(values.keys() - expected)
+        raise ValueError(f"a row of {_NAMES.get(id(schema), 'this table')} needs exactly its columns: "
+                         f"missing {missing or 'none'}, unknown {unknown or 'none'}")
+    return values
+
+
+_NAMES = {id(s): f"schemas.{n}" for n, s in (("PROPOSALS", PROPOSALS), ("TASKS", TASKS), ("SOLUTIONS", SOLUTIONS),
+                                              ("REWARDS", REWARDS), ("BUFFER", BUFFER), ("EVAL", EVAL))}

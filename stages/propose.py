@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from azr import task_types
+from azr import schemas, task_types
 from azr.artifacts import RunDir, read_table
 from azr.config import AZRConfig
 from azr.data_construction import proposer_request
@@ -43,14 +43,14 @@ def _proposals(config: AZRConfig, run_dir: RunDir, iteration: int) -> pd.DataFra
     for index, (task_type, (_, reference_ids, program), prompt, gen) in enumerate(zip(types, requests, rendered, generations)):
         kind = task_types.get(str(task_type))
         parsed = kind.parse_proposal(gen.text, strict, n_inputs)
-        rows.append({
+        rows.append(schemas.row(schemas.PROPOSALS, {
             "run": run_dir.name, "iteration": iteration, "task_id": f"i{iteration:04d}-p{index:03d}",
             "task_type": str(task_type), **generation_columns(prompt, gen),
             "parsed": parsed.ok, "parse_reason": parsed.reason,
             "program": program if kind.given_program else parsed.program,
             "input": parsed.input, "inputs": parsed.inputs, "message": parsed.message,
             "reference_ids": reference_ids,
-        })
+        }, later=("generate_seconds",)))
     seconds = time.perf_counter() - started
     frame = pd.DataFrame(rows)
     frame["generate_seconds"] = seconds / max(len(rows), 1)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from azr import schemas
 from azr.artifacts import RunDir, read_rows, read_table
 from azr.config import AZRConfig
 from azr.pipeline import SCORE, run_stage
@@ -20,12 +21,12 @@ def _solver_rows(solutions: list[dict], forced: bool, config: AZRConfig) -> list
     for s in solutions:
         well_formed = rewards.well_formed(s["parsed"], s["check_status"])  # not a literal: a format error
         correctness, fmt = rewards.solver_reward(s["correct"], well_formed, forced, config.rewards)
-        rows.append({
+        rows.append(schemas.row(schemas.REWARDS, {
             "run": s["run"], "iteration": s["iteration"], "task_id": s["task_id"], "task_type": s["task_type"],
             "role": "solve", "sample": s["sample"], **{c: s[c] for c in TOKEN_COLUMNS},
             "valid": True, "solve_rate": None, "learnability": 0.0, "diversity": 0.0, "complexity": 0.0,
             "format": fmt, "correctness": correctness, "reward": correctness + fmt,
-        })
+        }, later=("advantage",)))
     return rows
 
 
@@ -42,13 +43,13 @@ def _proposer_rows(proposals: list[dict], tasks: dict[str, dict], solve_rates: d
         div = rewards.diversity(task["program"], task["output"], references, output_types) if valid else 0.0
         comp = task["complexity"] if valid else 0.0
         learn = rewards.learnability(rate, config.rewards.learnability_at_extremes) if valid else 0.0
-        rows.append({
+        rows.append(schemas.row(schemas.REWARDS, {
             "run": p["run"], "iteration": p["iteration"], "task_id": p["task_id"], "task_type": p["task_type"],
             "role": "propose", "sample": 0, **{c: p[c] for c in TOKEN_COLUMNS},
             "valid": valid, "solve_rate": rate if valid else None, "learnability": learn, "diversity": div,
             "complexity": comp, "format": 0.0, "correctness": 0.0,
             "reward": rewards.proposer_reward(valid, rate, div, comp, config.rewards, task["reason"], forced),
-        })
+        }, later=("advantage",)))
     return rows
 
 

@@ -58,10 +58,10 @@ def seed_buffer(config: AZRConfig, run_dir: RunDir) -> Path:
     for seed, result in zip(seeds, results):
         if result.status != "ok":  # a shipped seed that fails is a bug in azr, not in the model
             raise RuntimeError(f"seed task {seed['task_id']} failed in the sandbox: {result.status} {result.error}")
-        rows.append({
+        rows.append(schemas.row(schemas.BUFFER, {
             "task_id": seed["task_id"], "task_type": "deduction", "program": result.program,
             "input": seed["inputs"][0], "output": result.outputs[0], "inputs": seed["inputs"],
             "outputs": result.outputs, "message": None, "origin_iteration": 0,
-        })
+        }))
     buffer = pd.DataFrame(rows, columns=BUFFER_COLUMNS)
     return write_table(buffer, out, schema=schemas.BUFFER, config_hash=config.config_hash(), seconds=time.perf_counter() - started)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from azr import schemas
 from azr.artifacts import RunDir, read_rows
 from azr.config import AZRConfig
 from azr.meter import Meter
@@ -36,12 +37,12 @@ def _solutions(config: AZRConfig, run_dir: RunDir, iteration: int, tasks_path: P
     meter.finish()
     seconds = time.perf_counter() - started
     rows = [
-        {
+        schemas.row(schemas.SOLUTIONS, {
             "run": run_dir.name, "iteration": iteration, "task_id": a.problem["task_id"], "task_type": a.problem["task_type"],
             "sample": a.sample, **generation_columns(a.prompt, a.generation),
             **{k: a.score[k] for k in ("parsed", "parse_reason", "answer", "correct", "check_status")},
             "solve_seconds": seconds / len(answers),
-        }
+        })
         for a in answers
     ]
     return pd.DataFrame(rows)

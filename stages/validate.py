@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from azr import task_types
+from azr import schemas, task_types
 from azr.artifacts import RunDir, read_rows, read_table
 from azr.config import AZRConfig
 from azr.data_construction import quality_reason, topup_candidates
@@ -36,14 +36,14 @@ def _judge(row: dict, inputs: tuple[list[str] | None, str | None], result, index
     """One proposal's tasks.parquet row: ground truth (literal inputs, the sandbox), then the quality checks.
 
     An accepted task outside force acceptance joins `index`, so a copy later in the batch is a duplicate."""
-    task = {
+    task = schemas.row(schemas.TASKS, {
         "run": row["run"], "iteration": row["iteration"], "task_id": row["task_id"], "task_type": row["task_type"],
         "source": "proposed", "accepted": False, "forced": False, "reason": None,
         "program": row["program"], "input": row["input"], "output": None,
         "inputs": inputs[0],
         "outputs": None, "message": row["message"], "shown": None, "complexity": None,
         "validate_seconds": result.seconds if result else 0.0,
-    }
+    })
     if not row["parsed"]:
         return {**task, "reason": row["parse_reason"] or "unparsed"}
     if inputs[1] is not None:
@@ -86,14 +86,14 @@ def _topups(buffer: pd.DataFrame, accepted: pd.DataFrame, config: AZRConfig, ite
             pool = topup_candidates(buffer, task_type)
         task = pool.iloc[int(rng.integers(len(pool)))]
         pairs = distinct_inputs(list(task["inputs"]))  # shown and hidden pairs have distinct inputs
-        rows.append({
+        rows.append(schemas.row(schemas.TASKS, {
             "run": run, "iteration": iteration, "task_id": f"i{iteration:04d}-b{index:03d}", "task_type": task_type,
             "source": "buffer", "accepted": True, "forced": False, "reason": None,
             "program": task["program"], "input": task["input"], "output": task["output"],
             "inputs": [task["inputs"][i] for i in pairs], "outputs": [task["outputs"][i] for i in pairs], "message": task["message"],
             "shown": task_types.get(task_type).shown_pairs(len(pairs), rng),
             "complexity": complexity(task["program"]), "validate_seconds": 0.0,
-        })
+        }))
     return rows
 
 

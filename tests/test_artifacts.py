@@ -143,3 +143,15 @@ def test_schema_keeps_types_of_all_null_columns_and_refuses_wrong_columns(tmp_pa
     with pytest.raises(ValueError, match=r"missing \['inputs'\], unexpected \['extra'\]"):
         write_table(pd.DataFrame({"task_id": ["a"], "extra": [1]}), tmp_path / "u.parquet", schema=schema)
     assert not (tmp_path / "u.parquet").exists()
+
+
+def test_a_row_with_a_wrong_column_fails_where_it_is_made():
+    from azr import schemas
+
+    good = {name: None for name in schemas.SOLUTIONS.names}
+    assert schemas.row(schemas.SOLUTIONS, good) is good
+    wrong = {**{k: v for k, v in good.items() if k != "answer"}, "anwser": "1"}
+    with pytest.raises(ValueError, match=r"schemas.SOLUTIONS .*missing \['answer'\], unknown \['anwser'\]"):
+        schemas.row(schemas.SOLUTIONS, wrong)
+    later = {k: v for k, v in good.items() if k != "solve_seconds"}
+    assert schemas.row(schemas.SOLUTIONS, later, later=("solve_seconds",)) is later
