@@ -30,7 +30,7 @@ from azr.artifacts import RunDir
 from azr.config import AZRConfig, ConfigError, build_config, deep_merge
 from azr.runs import iteration_metrics
 from azr.sandbox import choose_backend
-from azr.pipeline import BUFFER, EVALUATE, PROPOSE, SCORE, SOLVE, STAGES, TRAIN, VALIDATE
+from azr.pipeline import BUFFER, EVALUATE, PROPOSE, SCORE, SOLVE, STAGE, STAGES, TRAIN, VALIDATE
 from flows.signals import interruptible
 from stages.buffer import update_buffer
 from stages.evaluate import evaluate_iteration, should_evaluate
@@ -153,22 +153,31 @@ def iteration_flow(config: AZRConfig, run_root: Path, iteration: int) -> dict[st
     retry = dict(retries=config.orchestration.task_retries,
                  retry_delay_seconds=config.orchestration.retry_delay_seconds)
     outputs: dict[str, str] = {}
-    upstream: list[Any] = []
+    results: dict[str, Any] = {}  # task name -> what it returned, for the edges of the graph
+    previous: list[Any] = []
     try:
         with tags(f"iteration:{iteration}"):
             for stage_task in ITERATION_TASKS:
                 if stage_task is evaluate_task and not should_evaluate(config, iteration):
                     continue
                 result = stage_task.with_options(task_run_name=f"{stage_task.name}-{iteration}", **retry)(
-                    config, run, iteration, wait_for=upstream
+                    config, run, iteration, wait_for=previous + _read_results(stage_task.name, results)
                 )
-                upstream = [result]
+                previous, results[stage_task.name] = [result], result
                 if isinstance(result, Path):
                     outputs[stage_task.name] = str(result)
                 _report_stage(config, run, iteration, stage_task.name, log_to)
     except Exception as exc:
         return failed(exc)
     return outputs
+
+
+def _read_results(task_name: str, results: dict[str, Any]) -> list[Any]:
+    """The results of the stages this task reads in this iteration (azr/pipeline.py): the edges the
+    Prefect UI draws besides the one from the task before (evaluate reads train's checkpoint)."""
+    stage = next((s for s in STAGES if s.task == task_name), None)
+    reads = (*stage.reads, *(("train",) if stage is EVALUATE else ())) if stage else ()
+    return [results[STAGE[name].task] for name in reads if name in STAGE and STAGE[name].task in results]
 
 
 def failed(exc: BaseException) -> State:

@@ -87,6 +87,10 @@ def test_each_stage_waits_for_the_one_before_in_the_run_graph(served, api_run):
     for before, after in zip(order, order[1:]):
         upstream = {i.id for inputs in by_name[after].task_inputs.values() for i in inputs}
         assert by_name[before].id in upstream, f"{after} has no edge from {before}"
+    # and an edge from every stage whose file it reads (azr/pipeline.py)
+    for after, reads in (("score-1", ("propose-1", "validate-1", "solve-1")), ("update-buffer-1", ("validate-1",))):
+        upstream = {i.id for inputs in by_name[after].task_inputs.values() for i in inputs}
+        assert {by_name[r].id for r in reads} <= upstream, f"{after} lacks an edge from one of {reads}"
 
 
 def test_run_logs_say_what_the_run_is_doing(served, api_run):
