@@ -132,9 +132,10 @@ def _evaluation(path: Path):
     """The evaluation rows behind A or B: an `azr eval --out` Parquet file, or a run directory's newest
     held-out evaluation (eval/iter-NNNN.parquet); None for a run without one."""
     from azr.artifacts import ArtifactError, RunDir, read_table
+    from azr.pipeline import evaluations
 
     if path.is_dir():
-        files = sorted(RunDir(path).root.glob("eval/iter-*.parquet"))
+        files = evaluations(RunDir(path))
         return read_table(files[-1], verify=False) if files else None
     try:
         return read_table(path, verify=False)
