@@ -37,6 +37,7 @@ from azr.artifacts import (ArtifactError, NoSpaceError, RunDir, file_sha256, man
                            read_json, write_json)
 from azr.config import ModelConfig
 from azr.model import generation_dtype, load_model
+from azr.pipeline import TRAIN
 
 META_FILE = "checkpoint.json"
 POLICY_FILE = "policy.json"  # in a checkpoint reduced to its policy: the weights' dtype and files
@@ -113,19 +114,21 @@ def read_meta(checkpoint: Path, *, training: bool = False) -> dict[str, Any]:
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
-    """What is wrong with a checkpoint's files, or None when they match checkpoint.json (or it was pruned)."""
+    """What is wrong with a checkpoint's files, or None when they match what it says it holds:
+    checkpoint.json, or policy.json once only its policy was kept (or nothing, once pruned)."""
+    record = POLICY_FILE if (Path(checkpoint) / POLICY_FILE).exists() else META_FILE
     try:
-        files = read_json(meta_path(checkpoint))["files"]
+        files = read_json(Path(checkpoint) / POLICY_FILE if record == POLICY_FILE else meta_path(checkpoint))["files"]
         present = {name: Path(checkpoint) / name for name in files if (Path(checkpoint) / name).exists()}
     except (ArtifactError, KeyError, TypeError, AttributeError):
-        return f"{META_FILE} is unreadable"
+        return f"{record} is unreadable"
     if not present:
         return None  # pruned: only checkpoint.json is kept, by design
     missing = sorted(set(files) - set(present))
     if missing:
         return f"missing {', '.join(missing)}"
     bad = [name for name, path in present.items() if file_sha256(path) != files[name]]
-    return f"{', '.join(bad)} do not match {META_FILE} (corrupt or truncated)" if bad else None
+    return f"{', '.join(bad)} do not match {record} (corrupt or truncated)" if bad else None
 
 
 def discard_damaged_checkpoints(run_dir: RunDir) -> list[str]:
@@ -137,7 +140,7 @@ def discard_damaged_checkpoints(run_dir: RunDir) -> list[str]:
         problem = checkpoint_problem(checkpoint) if meta_path(checkpoint).exists() else None
         if problem:
             shutil.rmtree(checkpoint)
-            manifest_path(run_dir.stage_file(iteration, "train.json")).unlink(missing_ok=True)
+            manifest_path(TRAIN.output(run_dir, iteration)).unlink(missing_ok=True)
             lines.append(f"{checkpoint.relative_to(run_dir.root)}: {problem}")
     return lines
 

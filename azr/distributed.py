@@ -18,12 +18,14 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from azr.config import DistributedConfig
+
+T = TypeVar("T")
 
 BUCKET_BYTES = 25 * 2**20  # gradients summed per all-reduce call (DDP's default bucket size)
 
@@ -42,16 +44,15 @@ class Ranks:
         """Rank 0 writes train.json and the checkpoint; the others compute the same update."""
         return self.rank == 0
 
-    def micro_batches(self, order: Sequence[int], size: int) -> list[list[int]]:
-        """This rank's micro-batches of the length-sorted `order`: every world_size-th sample, so each
-        rank gets long and short ones alike. Under FSDP every rank runs as many passes as the busiest
-        (each pass gathers the weights from all ranks); a rank out of samples gets empty ones."""
-        mine = list(order[self.rank::self.world_size])
-        chunks = [mine[start:start + size] for start in range(0, len(mine), size)]
+    def share(self, batches: Sequence[T]) -> list[T | None]:
+        """This rank's share of the whole batch's micro-batches (`azr.rl.micro_batches`, the ones one
+        process would run, so each is computed exactly as there): every world_size-th one. Under FSDP
+        every rank runs as many passes as the busiest (each pass gathers the weights from all ranks); a
+        rank out of micro-batches gets None for the passes it only takes part in."""
+        mine: list[T | None] = list(batches[self.rank::self.world_size])
         if self.fsdp:
-            passes = math.ceil(math.ceil(len(order) / self.world_size) / size)
-            chunks += [[] for _ in range(passes - len(chunks))]
-        return chunks
+            mine += [None] * (math.ceil(len(batches) / self.world_size) - len(mine))
+        return mine
 
     def sum_gradients(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Add up the ranks' accumulated gradients: one all-reduce per bucket, once per step. A parameter

@@ -379,13 +379,12 @@ def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, schedul
 
 
 def _rank_micro_batches(samples: Sequence[Sample], size: int, ranks: Ranks | None) -> list[tuple[list[int], bool]]:
-    """`micro_batches` in one process; on torchrun ranks, this rank's share of the length-sorted samples
-    (each micro-batch batched whole: a shared prompt's rollouts may sit on different ranks)."""
+    """`micro_batches`; on torchrun ranks, this rank's share of them (whole micro-batches, so each is
+    computed as in one process; an FSDP rank out of them gets empty ones)."""
+    batches = micro_batches(samples, size)
     if ranks is None:
-        return micro_batches(samples, size)
-    order = sorted(range(len(samples)), key=lambda i: len(samples[i].prompt_ids) + len(samples[i].response_ids),
-                   reverse=True)
-    return [(chunk, False) for chunk in ranks.micro_batches(order, size)]
+        return batches
+    return [batch if batch is not None else ([], False) for batch in ranks.share(batches)]
 
 
 def micro_batches(samples: Sequence[Sample], size: int, share: bool = True) -> list[tuple[list[int], bool]]:

@@ -94,17 +94,18 @@ def file_hashes(run_dir: RunDir, iteration: int) -> dict[str, str]:
 @pytest.mark.slow
 def test_two_gloo_ranks_give_the_one_process_update_and_resume_exactly(one_process, tmp_path):
     config = distributed_config(nproc_per_node=2)
-    run_dir = train_iterations(config, RunDir(tmp_path / "run"))
+    run_dir = train_iterations(config, RunDir(tmp_path / "run"), iterations=(1,))
+    # a crash in iteration 2's train stage, before its checkpoint: the run as iteration 1 left it
+    shutil.copytree(run_dir.root, tmp_path / "crashed")
+    train_iterations(config, run_dir, iterations=(2,))
     assert_same_update(one_process, run_dir, 1)
     assert_same_update(one_process, run_dir, 2)  # the optimizer state went through checkpoint 1
 
     uninterrupted, loss = file_hashes(run_dir, 2), metrics(run_dir, 2)["loss"]
-    shutil.rmtree(run_dir.checkpoint_dir(2))  # a crash after iteration 1: iteration 2 runs again
-    run_dir.stage_file(2, "train.json").unlink()
-    train(config, run_dir, 2)
-    assert file_hashes(run_dir, 2) == uninterrupted  # weights, optimizer, scheduler and RNG state, bitwise
-    assert metrics(run_dir, 2)["loss"] == loss
-    assert not (run_dir.stage_file(2, "train-ranks") / "launch.json").exists()
+    resumed = train_iterations(config, RunDir(tmp_path / "crashed"), iterations=(2,))  # iteration 2 runs again
+    assert file_hashes(resumed, 2) == uninterrupted  # weights, optimizer, scheduler and RNG state, bitwise
+    assert metrics(resumed, 2)["loss"] == loss
+    assert not (resumed.stage_file(2, "train-ranks") / "launch.json").exists()
 
 
 @pytest.mark.slow
@@ -192,12 +193,12 @@ def test_two_nodes_meet_at_the_rendezvous_and_give_the_one_process_update(one_pr
     assert_same_update(one_process, run_dir, 1)
 
 
-def test_each_sample_goes_to_one_rank_and_fsdp_ranks_run_as_many_passes():
+def test_each_micro_batch_goes_to_one_rank_and_fsdp_ranks_run_as_many_passes():
     cpu = torch.device("cpu")
-    order = [4, 0, 3, 1, 2]  # sample indices, longest first
-    assert [Ranks(r, 2, cpu).micro_batches(order, 2) for r in (0, 1)] == [[[4, 3], [2]], [[0, 1]]]
-    assert [Ranks(r, 2, cpu, fsdp=True).micro_batches(order, 2) for r in (0, 1)] == [[[4, 3], [2]], [[0, 1], []]]
-    assert Ranks(2, 3, cpu, fsdp=True).micro_batches([7, 8], 4) == [[]]  # no sample left, still one pass
+    batches = ["a", "b", "c"]  # the micro-batches one process would run
+    assert [Ranks(r, 2, cpu).share(batches) for r in (0, 1)] == [["a", "c"], ["b"]]
+    assert [Ranks(r, 2, cpu, fsdp=True).share(batches) for r in (0, 1)] == [["a", "c"], ["b", None]]
+    assert Ranks(2, 3, cpu, fsdp=True).share(["a"]) == [None]  # no micro-batch left, still one pass
 
 
 def test_distributed_config_is_checked_and_names_the_key():

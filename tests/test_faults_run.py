@@ -327,7 +327,7 @@ def test_resume_names_damaged_files_and_recomputes_their_stages(smoke_run, tmp_p
     assert result.returncode == 0, f"azr resume failed:\n{result.stdout}\n{result.stderr}"
     err = " ".join(result.stderr.split())
     for named in ("iter-0002/rewards.parquet: its contents do not match its manifest",
-                  "iter-0001/checkpoint: model.safetensors do not match checkpoint.json",
+                  "iter-0001/checkpoint: model.safetensors do not match",  # checkpoint.json, or policy.json
                   "iter-0002/tasks.parquet: its manifest is unreadable"):
         assert named in err, result.stderr
     assert_same_rows(run, reference)

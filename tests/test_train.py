@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 
 from azr import rl
 from azr.artifacts import ArtifactError, RunDir, read_table, write_table
-from azr.checkpoint import latest_checkpoint, load_policy, read_meta
+from azr.checkpoint import discard_damaged_checkpoints, latest_checkpoint, load_policy, read_meta
 from azr.config import AZRConfig, ModelConfig, dump_config
 from stages.train import train
 from tests.test_rl import make_samples
@@ -121,6 +121,13 @@ def test_every_policy_kept_costs_little_and_the_newest_checkpoint_resumes_exactl
         assert not (run_dir.checkpoint_dir(i) / "optimizer.pt").exists()
         assert sizes[i] < sizes[3] / 4
         load_policy(config.model, run_dir.checkpoint_dir(i))  # an old iteration can still be evaluated
+    assert discard_damaged_checkpoints(run_dir) == []  # a kept policy is checked against policy.json, not damaged
+    weights = run_dir.checkpoint_dir(1) / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:-4] = bytes(b ^ 0x40 for b in data[-8:-4])
+    weights.write_bytes(bytes(data))
+    assert discard_damaged_checkpoints(run_dir) == [
+        "iter-0001/checkpoint: model.safetensors do not match policy.json (corrupt or truncated)"]
 
     model, _ = load_policy(config.model, trainable=True)  # the same three updates, never leaving memory
     optimizer, scheduler = rl.build_optimizer(model, config.training)
