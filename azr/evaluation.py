@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from azr import schemas, task_types
+from azr.task_types import BenchmarkError  # noqa: F401  (re-exported: raised by the registry and here)
 from azr.config import AZRConfig, SamplingConfig
 from azr.seeding import stage_seed
 from azr.solving import answer_problems
@@ -43,8 +44,6 @@ EVAL = schemas.EVAL  # the rows of eval/iter-NNNN.parquet and of `azr eval --out
 Progress = Callable[[int, int], None]  # (answers done, answers in all)
 
 
-class BenchmarkError(ValueError):
-    """A benchmark file or problem that cannot be evaluated; the message names the file and line."""
 
 
 # ---------------------------------------------------------------- reading benchmarks

@@ -31,6 +31,10 @@ MIN_INDUCTION_INPUTS = 2  # distinct inputs an induction task needs: one shown p
 DEFAULT_INDUCTION_MESSAGE = "Find the function that maps each input to its output."
 
 
+class BenchmarkError(ValueError):
+    """A benchmark file or problem that cannot be evaluated; the message names the file and line."""
+
+
 class TaskType:
     """A kind of task. The defaults are those of a type whose proposer writes a program and one input
     and whose solver answers with one literal (deduction); subclasses override what differs."""
@@ -116,7 +120,7 @@ class TaskType:
         """A benchmark row (already holding a program) as one of this type's problems."""
         for key in self.benchmark_keys:
             if not isinstance(row.get(key), str):
-                raise ValueError(f"{where}: {self.name} needs '{key}' as a string (CRUXEval format: code, input, output, id)")
+                raise BenchmarkError(f"{where}: {self.name} needs '{key}' as a string (CRUXEval format: code, input, output, id)")
         return _task(task_id, self.name, program, input=row["input"], output=row["output"])
 
     def complete(self, sandbox: "Sandbox", problems: list[dict]) -> list[dict]:
@@ -244,10 +248,10 @@ class Induction(TaskType):
     def problem(self, row: dict[str, Any], task_id: str, program: str, where: str) -> dict[str, Any]:
         inputs = row.get("inputs")  # the outputs are computed by `complete`
         if not isinstance(inputs, list) or len(inputs) < 2 or not all(isinstance(i, str) for i in inputs):
-            raise ValueError(f"{where}: induction needs 'inputs', a list of at least 2 argument strings")
+            raise BenchmarkError(f"{where}: induction needs 'inputs', a list of at least 2 argument strings")
         message = row.get("message", "")
         if not isinstance(message, str):
-            raise ValueError(f"{where}: 'message' must be a string")
+            raise BenchmarkError(f"{where}: 'message' must be a string")
         return _task(task_id, self.name, program, inputs=inputs, message=message)
 
     def complete(self, sandbox: "Sandbox", problems: list[dict]) -> list[dict]:
@@ -257,7 +261,7 @@ class Induction(TaskType):
         completed = []
         for problem, result in zip(problems, results):
             if result.status != "ok":
-                raise ValueError(f"induction problem {problem['task_id']}: the program does not run on its "
+                raise BenchmarkError(f"induction problem {problem['task_id']}: the program does not run on its "
                                  f"inputs in the sandbox ({result.status}: {result.error})")
             rng = np.random.default_rng(zlib.crc32(problem["task_id"].encode()))
             completed.append({**problem, "outputs": list(result.outputs), "shown": self.shown_pairs(len(problem["inputs"]), rng)})
