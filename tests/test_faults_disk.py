@@ -117,7 +117,8 @@ def test_a_run_whose_disk_fills_up_fails_clearly_and_resumes_to_the_same_rows(sm
     """The whole run directory (Parquet files, checkpoints, MLflow's and Prefect's databases) on a 24 MiB
     disk: the smoke run does not fit. It must stop with an error naming what could not be written,
     then `azr resume`, once the disk is larger, must finish with the rows of an uninterrupted run."""
-    from tests.test_flows import PARQUET, _without_timing
+    from tests.conftest import assert_same_table
+    from tests.test_flows import PARQUET
     from azr.artifacts import RunDir
 
     resize(small_disk, 24)
@@ -137,6 +138,5 @@ def test_a_run_whose_disk_fills_up_fails_clearly_and_resumes_to_the_same_rows(sm
     reference = RunDir(smoke_run[1])
     for iteration in (1, 2):
         for name in PARQUET:
-            pd.testing.assert_frame_equal(_without_timing(read_table(run.stage_file(iteration, name))),
-                                          _without_timing(read_table(reference.stage_file(iteration, name))),
-                                          check_exact=True, obj=f"iter-{iteration:04d}/{name}")
+            assert_same_table(read_table(run.stage_file(iteration, name)),
+                              read_table(reference.stage_file(iteration, name)), obj=f"iter-{iteration:04d}/{name}")

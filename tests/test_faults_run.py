@@ -29,7 +29,7 @@ import pytest
 
 from azr.artifacts import RunDir, file_sha256, manifest_path, read_table
 from azr.pipeline import BUFFER, EVALUATE
-from tests.conftest import ROOT, SMOKE_CONFIG, azr_command, azr_env, run_azr
+from tests.conftest import ROOT, SMOKE_CONFIG, assert_same_table, azr_command, azr_env, run_azr
 
 pytestmark = pytest.mark.slow  # each runs azr end to end, several times
 
@@ -39,16 +39,11 @@ STOP_LIMIT = 120  # seconds a stopped run may take to exit before the test calls
 RUN_LIMIT = 3600  # seconds a run or resume may take (a smoke run takes minutes on a crowded 2-core machine)
 
 
-def without_timing(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.drop(columns=[c for c in frame.columns if c.endswith("_seconds")])
-
-
 def assert_same_rows(run: RunDir, reference: RunDir) -> None:
     for iteration in (1, 2):
         for name in PARQUET:
-            pd.testing.assert_frame_equal(without_timing(read_table(run.stage_file(iteration, name))),
-                                          without_timing(read_table(reference.stage_file(iteration, name))),
-                                          check_exact=True, obj=f"iter-{iteration:04d}/{name}")
+            assert_same_table(read_table(run.stage_file(iteration, name)),
+                              read_table(reference.stage_file(iteration, name)), obj=f"iter-{iteration:04d}/{name}")
         pd.testing.assert_frame_equal(read_table(BUFFER.output(run, iteration)), read_table(BUFFER.output(reference, iteration)))
         ours, theirs = run.checkpoint_dir(iteration), reference.checkpoint_dir(iteration)
         if (ours / "model.safetensors").exists() and (theirs / "model.safetensors").exists():

@@ -19,7 +19,7 @@ import pytest
 from azr.artifacts import RunDir, manifest_path, read_table
 from azr.runs import STEPS, step_output
 from azr.pipeline import BUFFER
-from tests.conftest import SMOKE_CONFIG, ROOT, azr_command, azr_env, run_azr
+from tests.conftest import SMOKE_CONFIG, ROOT, assert_same_table, azr_command, azr_env, run_azr
 
 pytestmark = pytest.mark.slow  # runs azr end to end (tiny-random, Prefect, MLflow)
 
@@ -101,11 +101,8 @@ def test_killed_run_resumes_to_the_same_files(smoke_run, tmp_path):
     reference = RunDir(reference_root)
     for iteration in (1, 2):
         for name in PARQUET:
-            pd.testing.assert_frame_equal(
-                _without_timing(read_table(run.stage_file(iteration, name))),
-                _without_timing(read_table(reference.stage_file(iteration, name))),
-                check_exact=True, obj=f"iter-{iteration:04d}/{name}",
-            )
+            assert_same_table(read_table(run.stage_file(iteration, name)),
+                              read_table(reference.stage_file(iteration, name)), obj=f"iter-{iteration:04d}/{name}")
         pd.testing.assert_frame_equal(read_table(BUFFER.output(run, iteration)), read_table(BUFFER.output(reference, iteration)))
     _assert_one_mlflow_run_logged_once(runs_dir, mlflow_run_id.strip())
 
