@@ -67,16 +67,24 @@ def _started(pid: int, must_run: str) -> bool:
     return sandbox_up and any(must_run in line for line in lines)
 
 
+def _alive(process: psutil.Process) -> bool:
+    """Running and not a zombie; a process that exits while being asked is not alive."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _kill_and_find_survivors(process: subprocess.Popen, timeout: float = 30) -> list[str]:
     """SIGKILL the command alone; what it had started that is still there after ``timeout``."""
-    started = [p for p in _descendants(process.pid) if p.status() != psutil.STATUS_ZOMBIE]
+    started = [p for p in _descendants(process.pid) if _alive(p)]
     token = _owner_token(started)
     assert started, "the command had started nothing"
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in started if _alive(p)]
         containers = _containers(token)
         if not alive and not containers:
             return []
