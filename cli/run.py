@@ -342,6 +342,23 @@ def _check_server(api_url: str) -> None:
                     "or pass --api-url")
 
 
+def _deployment_config(config: Optional[Path], overrides: Optional[list[str]], runs_dir: Optional[Path],
+                       api_url: Optional[str]) -> tuple[AZRConfig, str]:
+    """(the deployment's config, the API URL) for serve and deploy: the server answers, the runs directory
+    exists (where the deployment is made; workers elsewhere must see it), and run_name is cleared so
+    that every run from the form gets its own directory."""
+    cfg = resolve_config(config, overrides)
+    root_dir = (runs_dir or Path(cfg.orchestration.runs_dir)).expanduser().resolve()
+    api_url = api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API_URL
+    _check_server(api_url)
+    root_dir.mkdir(parents=True, exist_ok=True)
+    prepare_environment(root_dir, api_url=api_url, quiet=False)
+    from flows.training import with_location
+
+    cfg = with_location(cfg, root_dir)
+    return cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(update={"run_name": None})}), api_url
+
+
 @commands.command("serve")
 def serve_command(
     config: ConfigOption = None,
@@ -355,16 +372,9 @@ def serve_command(
     The config given here is the form's default. Its run_name is cleared so that every run gets
     its own directory (runs/azr-<timestamp>); set orchestration.run_name in the form to choose one.
     """
-    cfg = resolve_config(config, set_)
-    root_dir = (runs_dir or Path(cfg.orchestration.runs_dir)).expanduser().resolve()
-    api_url = api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API_URL
-    _check_server(api_url)
-    prepare_environment(root_dir, api_url=api_url, quiet=False)
+    cfg, api_url = _deployment_config(config, set_, runs_dir, api_url)
     from flows.deploy import serve_deployment
-    from flows.training import with_location
 
-    cfg = with_location(cfg, root_dir)
-    cfg = cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(update={"run_name": None})})
     console.print(f"serving deployment azr-run/{name} on {api_url}; open the UI, pick the deployment, press Run")
     reaper.watch()  # the flow runs this process starts end with it, even on SIGKILL
     serve_deployment(cfg, name)
@@ -386,17 +396,9 @@ def deploy_command(
     machines, an MLflow tracking server (tracking.mlflow_tracking_uri); a run refuses to start on a
     worker that cannot see the runs directory.
     """
-    cfg = resolve_config(config, set_)
-    root_dir = (runs_dir or Path(cfg.orchestration.runs_dir)).expanduser().resolve()
-    api_url = api_url or os.environ.get("PREFECT_API_URL") or DEFAULT_API_URL
-    _check_server(api_url)
-    root_dir.mkdir(parents=True, exist_ok=True)  # it exists where the deployment is made; workers must see it
-    prepare_environment(root_dir, api_url=api_url, quiet=False)
+    cfg, api_url = _deployment_config(config, set_, runs_dir, api_url)
     from flows.deploy import deploy_to_pool
-    from flows.training import with_location
 
-    cfg = with_location(cfg, root_dir)
-    cfg = cfg.model_copy(update={"orchestration": cfg.orchestration.model_copy(update={"run_name": None})})
     deployment_id = deploy_to_pool(cfg, pool, name)
     console.print(f"deployment azr-run/{name} ({deployment_id}) is in work pool {pool} on {api_url}", soft_wrap=True)
     console.print(f"start a worker where the runs should execute: PREFECT_API_URL={api_url} prefect worker start --pool {pool}",
