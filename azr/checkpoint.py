@@ -186,16 +186,26 @@ def _load_policy(model_config: ModelConfig, checkpoint: Path | None, trainable: 
     return model, tokenizer
 
 
-def load_training_state(checkpoint: Path, optimizer, scheduler,
-                        load_optimizer: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Restore optimizer and scheduler from a checkpoint; return its RNG state. `load_optimizer`
-    applies the saved optimizer state instead of `optimizer.load_state_dict` (FSDP: to the shards)."""
+def load_training_state(checkpoint: Path, scheduler) -> dict[str, Any]:
+    """Restore the scheduler from a checkpoint; return its RNG state. The optimizer state is restored
+    apart (`load_optimizer_state`), when the step needs it."""
+    checkpoint = Path(checkpoint)
+    read_meta(checkpoint, training=True)
+    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
+    return torch.load(checkpoint / "rng.pt", weights_only=True)
+
+
+def load_optimizer_state(checkpoint: Path, optimizer,
+                         load_optimizer: Callable[[dict[str, Any]], None] | None = None) -> None:
+    """Restore the optimizer state (AdamW: two float32 copies of the weights) from a checkpoint.
+    `load_optimizer` applies it instead of `optimizer.load_state_dict` (FSDP: to the shards)."""
     checkpoint = Path(checkpoint)
     read_meta(checkpoint, training=True)
     state = torch.load(checkpoint / "optimizer.pt", map_location="cpu", weights_only=True)
+    implementation = [{key: group.get(key) for key in ("fused", "foreach")} for group in optimizer.param_groups]
     (load_optimizer or optimizer.load_state_dict)(state)
-    scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-    return torch.load(checkpoint / "rng.pt", weights_only=True)
+    for group, kept in zip(optimizer.param_groups, implementation):
+        group.update(kept)  # how to step is this code's choice (rl.build_optimizer), not the saved state's
 
 
 def prune_checkpoints(run_dir: RunDir, keep: int | None, newest: int, policy_dtype: torch.dtype) -> list[Path]:

@@ -128,8 +128,19 @@ class Ranks:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
         names = _optimizer_param_names(model, optimizer)
-        set_optimizer_state_dict(model, optimizer, optim_state_dict=_by_name(state, names),
-                                 options=StateDictOptions(full_state_dict=True))
+        # set_optimizer_state_dict first creates the state it fills (a zero step), and does so only while
+        # no parameter holds a gradient: the train stage restores the state after the backward passes,
+        # so the gradients are held aside for the call.
+        parameters = list(model.parameters())
+        gradients = [p.grad for p in parameters]
+        for p in parameters:
+            p.grad = None
+        try:
+            set_optimizer_state_dict(model, optimizer, optim_state_dict=_by_name(state, names),
+                                     options=StateDictOptions(full_state_dict=True))
+        finally:
+            for p, gradient in zip(parameters, gradients):
+                p.grad = gradient
 
 
 def backend(config: DistributedConfig) -> str:

@@ -25,7 +25,7 @@ import torch
 
 from azr import rl
 from azr.artifacts import RunDir, manifest_path, read_json, read_table, stage_complete, write_json
-from azr.checkpoint import (latest_checkpoint, load_policy, load_training_state, meta_path,
+from azr.checkpoint import (latest_checkpoint, load_optimizer_state, load_policy, load_training_state, meta_path,
                             prune_checkpoints, save_checkpoint, set_rng_state, rng_state)
 from azr.config import AZRConfig
 from azr.distributed import Ranks
@@ -91,8 +91,12 @@ def update(config: AZRConfig, run_dir: RunDir, iteration: int, ranks: Ranks | No
     place: Callable[[torch.nn.Module], torch.nn.Module] = ranks.prepare if ranks else (lambda m: m)
     model = place(model)
     optimizer, scheduler = rl.build_optimizer(model, config.training)
+    rng = load_training_state(paths.previous, scheduler) if paths.previous else None
+    # The optimizer state (1 GB for the default model) is read only once the gradients are in: the
+    # forward and backward passes do not need it, and the update's peak memory is lower without it.
     load_optimizer = functools.partial(ranks.load_optimizer_state, model, optimizer) if ranks else None
-    rng = load_training_state(paths.previous, optimizer, scheduler, load_optimizer) if paths.previous else None
+    restore_optimizer = (functools.partial(load_optimizer_state, paths.previous, optimizer, load_optimizer)
+                         if paths.previous else None)
     reference = None
     if config.training.kl_coef > 0 and not config.model.lora.enabled:
         reference = place(load_model(config.model)[0].eval())  # the initial model; LoRA gets it by disabling adapters
@@ -108,7 +112,7 @@ def update(config: AZRConfig, run_dir: RunDir, iteration: int, ranks: Ranks | No
         meter = Meter(TRAIN.name, iteration, 0, "micro-batches")
         metrics = rl.train_step(model, optimizer, scheduler, samples, config.training, reference,
                                 use_recorded_logprobs=same_dtype, temperature=logprob_temperature(config.sampling),
-                                ranks=ranks, progress=meter.micro_batch_callback())
+                                ranks=ranks, progress=meter.micro_batch_callback(), before_step=restore_optimizer)
         meter.finish()
         seconds = time.perf_counter() - start
         peak = ranks.max(rl.peak_memory_mb()) if ranks else rl.peak_memory_mb()

@@ -10,8 +10,8 @@ from transformers import AutoModelForCausalLM
 
 from azr import rl
 from azr.artifacts import ArtifactError, RunDir
-from azr.checkpoint import (export_model, latest_checkpoint, load_policy, load_training_state, meta_path,
-                            prune_checkpoints, read_meta, rng_state, save_checkpoint)
+from azr.checkpoint import (export_model, latest_checkpoint, load_optimizer_state, load_policy, load_training_state,
+                            meta_path, prune_checkpoints, read_meta, rng_state, save_checkpoint)
 from azr.config import ModelConfig, TrainingConfig
 from tests.test_rl import make_samples
 
@@ -56,12 +56,28 @@ def test_save_and_reload_gives_identical_weights_optimizer_and_scheduler(tmp_pat
     assert isinstance(loaded, PeftModel) == model_config.lora.enabled
     assert_same_tensors(model.state_dict(), loaded.state_dict())
     optimizer2, scheduler2 = rl.build_optimizer(loaded, cfg)
-    rng2 = load_training_state(directory, optimizer2, scheduler2)
+    rng2 = load_training_state(directory, scheduler2)
+    load_optimizer_state(directory, optimizer2)
     assert optimizer.state_dict()["state"]  # AdamW moments exist after two steps
     assert_same_tensors(optimizer.state_dict(), optimizer2.state_dict())
     assert scheduler2.state_dict()["last_epoch"] == 2
     assert scheduler2.get_last_lr() == scheduler.get_last_lr()
     assert_same_tensors(rng, rng2)
+
+
+def test_a_restored_optimizer_steps_the_way_this_code_builds_it(tmp_path):
+    """A checkpoint saved by the default (foreach) AdamW, as before the fused one: loading its state keeps
+    the fused step (load_state_dict alone would take the saved flags, and the +1.4 GB foreach step)."""
+    model, tokenizer, optimizer, scheduler, cfg = trained(TINY)
+    for group in optimizer.param_groups:
+        group.update(fused=None, foreach=True)  # what an older checkpoint holds
+    directory = save_checkpoint(tmp_path / "checkpoint", model, tokenizer, optimizer, scheduler, rng_state(),
+                                iteration=1, model_config=TINY)
+    optimizer2, _ = rl.build_optimizer(load_policy(TINY, directory, trainable=True)[0], cfg)
+    assert optimizer2.param_groups[0]["fused"] is True
+    load_optimizer_state(directory, optimizer2)
+    assert [(g["fused"], g["foreach"]) for g in optimizer2.param_groups] == [(True, None)] * len(optimizer2.param_groups)
+    assert_same_tensors(optimizer.state_dict()["state"], optimizer2.state_dict()["state"])
 
 
 def test_lora_checkpoint_holds_the_adapter_only(tmp_path):
@@ -158,9 +174,10 @@ def test_a_kept_policy_is_the_weights_in_the_generation_dtype_without_training_s
         assert torch.equal(value, trained_weights[key].to(torch.bfloat16)), key
     model, _ = load_policy(TINY, whole, trainable=True)
     optimizer, scheduler = rl.build_optimizer(model, TrainingConfig())
-    with pytest.raises(ArtifactError, match="only the policy was kept"):
-        load_training_state(whole, optimizer, scheduler)
-    load_training_state(run_dir.checkpoint_dir(2), optimizer, scheduler)  # the newest still resumes
+    for load in (lambda c: load_training_state(c, scheduler), lambda c: load_optimizer_state(c, optimizer)):
+        with pytest.raises(ArtifactError, match="only the policy was kept"):
+            load(whole)
+        load(run_dir.checkpoint_dir(2))  # the newest still resumes
 
     # Interrupted before policy.json: a later prune finishes the job.
     (whole / "policy.json").unlink()

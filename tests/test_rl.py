@@ -386,3 +386,23 @@ def test_rollouts_that_share_a_prompt_give_the_same_update_with_the_prompt_compu
         assert metrics_shared["loss"] == pytest.approx(metrics_whole["loss"], abs=1e-6)
         for name, grad in whole_grads.items():
             torch.testing.assert_close(shared_grads[name], grad, atol=1e-6, rtol=1e-4)
+
+
+def test_before_step_runs_once_after_every_backward_pass_and_before_the_weights_change():
+    """The train stage restores the optimizer state in `before_step`: by then every micro-batch's gradient
+    is in, and the step has not happened."""
+    model, tokenizer = tiny_model()
+    samples = make_samples(model, tokenizer, [1.0, -0.5, 2.0, -1.5])
+    cfg = TrainingConfig(micro_batch_size=1)
+    optimizer, scheduler = rl.build_optimizer(model, cfg)
+    weights = {name: p.detach().clone() for name, p in model.named_parameters()}
+    seen, progress = [], []
+
+    def before_step() -> None:
+        seen.append((len(progress), all(p.grad is not None for p in model.parameters()),
+                     all(torch.equal(p, weights[name]) for name, p in model.named_parameters())))
+
+    rl.train_step(model, optimizer, scheduler, samples, cfg, progress=lambda done, total: progress.append(done),
+                  before_step=before_step)
+    assert seen == [(4, True, True)]
+    assert any(not torch.equal(p, weights[name]) for name, p in model.named_parameters())
