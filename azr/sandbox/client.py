@@ -157,7 +157,7 @@ class Sandbox:
         self.replaced = 0  # workers replaced after dying or hanging (for tests and metrics)
         size = config.pool_size or os.cpu_count() or 1
         with ThreadPoolExecutor(size) as pool:  # containers start in parallel: each takes a second or more
-            starts = [pool.submit(self._start_worker) for _ in range(size)]
+            starts = [pool.submit(self._start_retrying, "for the pool") for _ in range(size)]
         self._slots = [start.result() for start in starts if start.exception() is None]
         failed = [start.exception() for start in starts if start.exception() is not None]
         if failed:
@@ -299,14 +299,15 @@ class Sandbox:
         else:
             log.warning("sandbox %s %s; replacing it and running its %d programs again, each alone", slot.worker.name, reason, len(held))
             batch.lost.extend(held)
-        self._slots[self._slots.index(slot)] = self._start_replacement(slot.worker.name)
+        self._slots[self._slots.index(slot)] = self._start_retrying(f"in place of {slot.worker.name}")
         self.replaced += 1
         now = time.monotonic()
         for other in self._slots:  # not listened to while the replacement started: their silence is ours
             other.last_heard = now
 
-    def _start_replacement(self, name: str) -> _Slot:
-        """A fresh worker. Starting may fail for a while (a Docker daemon restarting): keep trying for RESTART_SECONDS."""
+    def _start_retrying(self, purpose: str) -> _Slot:
+        """A fresh worker (`purpose`: for the log). Starting may fail for a while (a Docker daemon restarting,
+        which removes a container it was starting): keep trying for RESTART_SECONDS."""
         deadline, delay = time.monotonic() + RESTART_SECONDS, 0.5
         while True:
             try:
@@ -314,9 +315,9 @@ class Sandbox:
             except (SandboxError, OSError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise SandboxError(
-                        f"cannot start a sandbox worker in place of {name} (tried for {RESTART_SECONDS:.0f} s): {exc}"
+                        f"cannot start a sandbox worker {purpose} (tried for {RESTART_SECONDS:.0f} s): {exc}"
                     ) from exc
-                log.warning("sandbox: starting a worker in place of %s failed (%s); trying again in %.1f s", name, exc, delay)
+                log.warning("sandbox: starting a worker %s failed (%s); trying again in %.1f s", purpose, exc, delay)
                 time.sleep(delay)
                 delay = min(2 * delay, 5.0)
 

@@ -43,6 +43,7 @@ RUNNER_LABEL = "azr.runner.sha256"
 TMPFS_MB = 64
 PIDS_PER_SLOT = 16
 SOCKET_MOUNT = "/run/azr"  # where the host's socket directory appears inside the container
+ACCEPT_POLL_SECONDS = 1.0  # while waiting for a starting runner, how often to check its container still runs
 
 
 def runner_digest() -> str:
@@ -198,12 +199,23 @@ class DockerWorker:
         self.write_fd = os.dup(self.read_fd)
 
     def _accept(self, deadline: float) -> None:
-        """Take the runner's connection, then remove the socket so that nothing else can connect."""
-        self._listener.settimeout(max(0.1, deadline - time.monotonic()))
+        """Take the runner's connection, then remove the socket so that nothing else can connect.
+
+        Fails as soon as the container has stopped (one started while a Docker daemon restarts may be
+        removed at once), so that the caller can start another instead of waiting out the deadline."""
         try:
-            connection, _ = self._listener.accept()
-        except socket.timeout:
-            raise SandboxError(f"{self.name}: the runner did not connect within {START_SECONDS:.0f} s: {self.describe_death()}") from None
+            while True:
+                self._listener.settimeout(max(0.1, min(ACCEPT_POLL_SECONDS, deadline - time.monotonic())))
+                try:
+                    connection, _ = self._listener.accept()
+                    break
+                except socket.timeout:
+                    if time.monotonic() >= deadline:
+                        raise SandboxError(f"{self.name}: the runner did not connect within {START_SECONDS:.0f} s: "
+                                           f"{self.describe_death()}") from None
+                    if not self._running():
+                        raise SandboxError(f"{self.name}: the container stopped before its runner connected: "
+                                           f"{self.describe_death()}") from None
         finally:
             self._listener.close()
             shutil.rmtree(self._socket_dir, ignore_errors=True)
@@ -219,6 +231,13 @@ class DockerWorker:
 
     def decode(self, data: bytes) -> bytes:
         return self.decoder.feed(data) if self.decoder is not None else data
+
+    def _running(self) -> bool:
+        """Whether the container is created or running (False once it exited or was removed)."""
+        try:
+            return self.client.api.inspect_container(self.container)["State"]["Status"] in ("created", "running")
+        except Exception:  # removed (auto_remove), or the daemon does not answer
+            return False
 
     def describe_death(self) -> str:
         tail = self.decoder.stderr.decode(errors="replace").strip() if self.decoder is not None else ""

@@ -1125,7 +1125,7 @@ class Server:
         if kind == 3:  # the zygote could not fork: no fault of the program, which has not run; again shortly
             if child.fd is not None:
                 self.close_pipe(child)
-            self.queue.appendleft((child.job_id, child.payload, child.alone))
+            self.queue.appendleft((child.job_id, child.payload, child.alone, child.golds))
             self.fork_retry_at = time.monotonic() + FORK_RETRY_SECONDS
             return
         self.drain(child)
@@ -1157,8 +1157,21 @@ class Server:
             return 0.05  # killed children not reported yet
         return max(0.0, min(waits)) if waits else None
 
+    def reap_adopted(self):
+        """Collect the server's exited children besides the zygote's. As PID 1 of a container the server
+        inherits every process orphaned there (say, children of one `docker exec` started), and each
+        zombie counts against the container's pids limit until collected: left, they filled it. (The
+        zygote, when collected here, has died: its closed socket tells zygote_event.)"""
+        while True:
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    return
+            except ChildProcessError:
+                return
+
     def serve(self):
         while self.stdin_open or self.queue or self.children:
+            self.reap_adopted()
             self.start_children()
             self.flush()
             timeout = self.timeout()
