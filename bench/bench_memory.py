@@ -13,6 +13,13 @@ old log-probs are the update's own. The AdamW state is allocated before the time
 includes it. Peak memory is the process's peak RSS during the timed steps on CPU (weights, gradients,
 optimizer state, activations), or the CUDA allocator's peak on a GPU.
 
+    .venv/bin/python bench/bench_memory.py --growth 6          # memory left after each of 6 updates, new shapes each
+
+`--growth N` runs N updates in one process, each on samples of new lengths (as a run's iterations
+are), with a fresh model each time (as each train stage loads its own), and prints the resident memory
+left after each (freed memory returned to the system first): with oneDNN's default cache sizes (1,024,
+the baseline) and with the caps `import azr` sets.
+
 Variants:
     full-vocab  full fine-tuning with the log-probs as computed before: the model's logits at every
                 response position and a full-vocabulary log_softmax over them (the baseline)
@@ -25,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -113,6 +121,53 @@ def run_variant(args: argparse.Namespace) -> dict:
             "device": "cuda" if torch.cuda.is_available() else f"cpu ({torch.get_num_threads()} threads)"}
 
 
+def run_growth(args: argparse.Namespace) -> dict:
+    """`args.growth` updates on new shapes each; the resident MiB left after each (after malloc_trim)."""
+    import ctypes
+    import gc
+
+    import psutil
+    import torch
+
+    from azr import rl
+    from azr.checkpoint import load_policy
+    from azr.config import ModelConfig, TrainingConfig
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    libc, process, left = ctypes.CDLL("libc.so.6"), psutil.Process(), []
+    cfg = TrainingConfig(micro_batch_size=args.micro_batch_size, precision="bf16-mixed")
+    for update in range(args.growth):
+        model, _ = load_policy(ModelConfig(name_or_path=args.model, gradient_checkpointing=True), trainable=True)
+        rl.enable_gradient_checkpointing(model)
+        optimizer, scheduler = rl.build_optimizer(model, cfg)
+        shaped = argparse.Namespace(**{**vars(args), "proposal_prompt": args.proposal_prompt + 37 * update,
+                                       "solver_prompt": args.solver_prompt + 23 * update})
+        rl.train_step(model, optimizer, scheduler, make_samples(shaped, model.get_input_embeddings().num_embeddings),
+                      cfg, use_recorded_logprobs=False)
+        del model, optimizer, scheduler
+        gc.collect()
+        libc.malloc_trim(0)
+        left.append(process.memory_info().rss / 2**20)
+    return {"left_mb": left}
+
+
+def growth(args: argparse.Namespace, passthrough: list[str]) -> None:
+    results = {}
+    for name, env in (("oneDNN default caches", {"ONEDNN_PRIMITIVE_CACHE_CAPACITY": "1024", "LRU_CACHE_CAPACITY": "1024"}),
+                      ("azr's caps", {})):
+        out = subprocess.run([sys.executable, __file__, *passthrough, "--variant", "growth"], check=True,
+                             capture_output=True, text=True, env={**os.environ, **env}).stdout
+        results[name] = json.loads(out.strip().splitlines()[-1])["left_mb"]
+    print(f"model {args.model}, {args.growth} updates (bf16-mixed, gradient checkpointing), new sequence lengths each; "
+          "resident MiB left after each")
+    for name, left in results.items():
+        print(f"{name:<22}" + " ".join(f"{mb:7.0f}" for mb in left)
+              + f"   growth after the first: {left[-1] - left[0]:+.0f} MiB")
+    base, ours = (left[-1] - left[0] for left in results.values())
+    print(f"growth, caps / default: x{ours / base:.2f}" if base > 0 else "no growth with the default caches")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
@@ -129,14 +184,19 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch CPU threads (0: torch's default). On a busy machine 1 thread avoids OpenMP oversubscription.")
     parser.add_argument("--variants", default="full-vocab,full,full+gc", help="Comma-separated: " + ", ".join(VARIANTS))
+    parser.add_argument("--growth", type=int, default=0,
+                        help="Instead of the variants: memory left after each of this many updates on new shapes.")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one variant in this process
     args = parser.parse_args()
     if args.variant:
-        print(json.dumps(run_variant(args)))
+        print(json.dumps(run_growth(args) if args.variant == "growth" else run_variant(args)))
         return
 
     passthrough = [item for key, value in vars(args).items() if key not in ("variants", "variant") and value is not None
                    for item in (f"--{key.replace('_', '-')}", str(value))]
+    if args.growth:
+        growth(args, passthrough)
+        return
     results = {}
     for variant in args.variants.split(","):
         out = subprocess.run([sys.executable, __file__, *passthrough, "--variant", variant],
