@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from azr.artifacts import RunDir, file_sha256, manifest_path, read_table
 from azr.pipeline import BUFFER, EVALUATE
@@ -49,7 +51,14 @@ def assert_same_rows(run: RunDir, reference: RunDir) -> None:
         pd.testing.assert_frame_equal(read_table(BUFFER.output(run, iteration)), read_table(BUFFER.output(reference, iteration)))
         ours, theirs = run.checkpoint_dir(iteration), reference.checkpoint_dir(iteration)
         if (ours / "model.safetensors").exists() and (theirs / "model.safetensors").exists():
-            assert file_sha256(ours / "model.safetensors") == file_sha256(theirs / "model.safetensors"), f"weights of {iteration}"
+            # The update reads the recorded log-probs (the PPO ratio), which differ between processes in their
+            # last digits (assert_same_table), and AdamW's first step makes that ~2e-6 in the weights (seen in
+            # CI, lr 1e-4): the same update within float noise. Resume itself is checked bitwise where both runs
+            # are started alike (the damaged-files test below, tests/test_distributed_train.py).
+            want, got = load_file(theirs / "model.safetensors"), load_file(ours / "model.safetensors")
+            assert want.keys() == got.keys(), f"weights of {iteration}"
+            for name in want:
+                torch.testing.assert_close(got[name], want[name], rtol=0, atol=1e-5, msg=f"weights of {iteration}: {name}")
 
 
 def mlflow_run(runs_dir: Path):
