@@ -7,6 +7,7 @@ the update. `record` writes an exception to torchrun's error file, so the stage'
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 
@@ -29,5 +30,18 @@ def main(argv: list[str] | None = None) -> None:
         update(config, run_dir, iteration, ranks)
 
 
+def exit_without_teardown() -> None:
+    """Leave the way a multiprocessing child does, with os._exit once the output is flushed. At the
+    interpreter's teardown, after the update was done, its files closed and the process group
+    destroyed, a rank sometimes aborted in a C++ destructor of torch's distributed objects
+    ("terminate called without an active exception", FSDP ranks under load), and torchrun then
+    failed the stage. Nothing the rank owes anyone is left for teardown."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 if __name__ == "__main__":
     main()
+    exit_without_teardown()

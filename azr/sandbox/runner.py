@@ -969,12 +969,7 @@ class Server:
             os.waitpid(self.zygote, 0)
         except ChildProcessError:
             pass
-        while True:  # orphans re-parented to us (we are PID 1 in a container)
-            try:
-                if os.waitpid(-1, os.WNOHANG)[0] == 0:
-                    break
-            except ChildProcessError:
-                break
+        self.reap_adopted()
 
     def send(self, message):
         self.outbuf += _dumps(message).encode("utf-8", "surrogatepass") + b"\n"
